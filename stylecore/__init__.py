@@ -1,0 +1,22 @@
+"""stylecore: neural style transfer (Gatys et al.) as a pure torch library.
+
+Bytes and tensors in, tensors out; no Prefect, storage or CLI here.
+"""
+
+from .engine import IterationRecord, Plan, Result, stylize
+from .errors import BadImage, BadOptions, NonFiniteLoss, StyleError, WeightsMismatch, WeightsMissing
+from .options import StyleOptions
+
+__all__ = [
+    "BadImage",
+    "BadOptions",
+    "IterationRecord",
+    "NonFiniteLoss",
+    "Plan",
+    "Result",
+    "StyleError",
+    "StyleOptions",
+    "WeightsMismatch",
+    "WeightsMissing",
+    "stylize",
+]

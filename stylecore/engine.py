@@ -1,0 +1,285 @@
+"""The optimisation loop: pixels of one image pulled toward a content image's features and a style image's Grams.
+
+`stylize` knows nothing of Prefect, storage or terminals. It reports each
+iteration to an optional callback, and callers turn that into progress bars,
+artifacts or logs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import weights as weights_mod
+from .errors import BadOptions, NonFiniteLoss
+from .features import Encoder, ModelSpec, model_spec
+from .losses import content_loss, gram_matrix, style_loss, tv_loss
+from .options import StyleOptions
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    iteration: int  # 1-based
+    content: float
+    style: float
+    tv: float
+    total: float
+    seconds: float  # since the optimisation started
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Options with every default filled in for one model, preprocessing and output size."""
+
+    spec: ModelSpec
+    preprocessing: str
+    content_layer: str
+    style_layers: tuple[str, ...]
+    content_weight: float
+    style_weights: tuple[float, ...]
+    tv_weight: float
+    lr: float
+    device: torch.device
+    precision: str
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.spec.name,
+            "preprocessing": self.preprocessing,
+            "content_layer": self.content_layer,
+            "style_layers": list(self.style_layers),
+            "content_weight": self.content_weight,
+            "style_weights": list(self.style_weights),
+            "tv_weight": self.tv_weight,
+            "lr": self.lr,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+
+
+@dataclass
+class Result:
+    image: Tensor  # (1, 3, H, W) float32 on the CPU, in [0, 1]
+    history: list[IterationRecord]
+    plan: Plan
+    weights_sha256: str
+    weights_source: str
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> IterationRecord:
+        return self.history[-1]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadOptions(f"device {name!r} asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadOptions(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BadOptions("device 'mps' asked for, but MPS is not available here")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def make_plan(options: StyleOptions, preprocessing: str, pixels: int, device: torch.device) -> Plan:
+    spec = model_spec(options.model)
+    defaults = spec.defaults[preprocessing]
+    style_layers = tuple(options.style_layers or spec.style_layers)
+    content_layer = options.content_layer or spec.content_layer
+    for layer in (content_layer, *style_layers):
+        try:
+            spec.index_of(layer)
+        except ValueError as exc:
+            raise BadOptions(str(exc)) from None
+    if options.style_weights is not None:
+        style_weights = tuple(options.style_weights)
+    elif options.style_layers is None:
+        style_weights = defaults.style_weights
+    else:
+        style_weights = (sum(defaults.style_weights) / len(defaults.style_weights),) * len(style_layers)
+    if len(style_weights) != len(style_layers):
+        raise BadOptions(f"style_weights has {len(style_weights)} values but there are {len(style_layers)} style layers")
+    content_weight = (
+        options.content_weight
+        if options.content_weight is not None
+        else defaults.content_weight * spec.reference_pixels / pixels
+    )
+    return Plan(
+        spec=spec,
+        preprocessing=preprocessing,
+        content_layer=content_layer,
+        style_layers=style_layers,
+        content_weight=content_weight,
+        style_weights=style_weights,
+        tv_weight=options.tv_weight if options.tv_weight is not None else defaults.tv_weight,
+        lr=options.lr if options.lr is not None else (1.0 if options.optimizer == "lbfgs" else 0.02),
+        device=device,
+        precision=resolve_precision(options.precision, device),
+    )
+
+
+# --- weights and encoders, loaded once per process -------------------------------------------------
+
+_cache_lock = threading.Lock()
+_weights_cache: dict[tuple, weights_mod.LoadedWeights] = {}
+_encoder_cache: dict[tuple, Encoder] = {}
+
+
+def load_weights(options: StyleOptions) -> weights_mod.LoadedWeights:
+    """The weights `options` name (a local file) or the model's default; cached by file identity."""
+    spec = model_spec(options.model)
+    if options.weights is None:
+        key: tuple = ("default", spec.name)
+    else:
+        path = Path(options.weights).expanduser()
+        if "://" in options.weights and not options.weights.startswith("file://"):
+            raise BadOptions(f"weights {options.weights!r}: the engine reads local files; load remote ones first")
+        path = Path(options.weights.removeprefix("file://")).expanduser()
+        stat = path.stat() if path.is_file() else None
+        key = ("file", str(path.resolve()), stat and stat.st_mtime_ns, stat and stat.st_size)
+    with _cache_lock:
+        if key not in _weights_cache:
+            _weights_cache[key] = (
+                weights_mod.resolve_default(spec) if options.weights is None else weights_mod.load_weights_file(path)
+            )
+        loaded = _weights_cache[key]
+    if options.preprocessing and options.preprocessing != loaded.preprocessing:
+        loaded = weights_mod.LoadedWeights(loaded.state_dict, loaded.sha256, options.preprocessing, loaded.source)
+    return loaded
+
+
+def load_encoder(spec: ModelSpec, loaded: weights_mod.LoadedWeights, layers: tuple[str, ...], device: torch.device) -> Encoder:
+    key = (spec.name, loaded.sha256, loaded.preprocessing, tuple(sorted(set(layers))), str(device))
+    with _cache_lock:
+        encoder = _encoder_cache.get(key)
+        if encoder is None:
+            features = spec.build()
+            weights_mod.install_state_dict(spec, features, loaded)
+            encoder = Encoder(spec, features, loaded.preprocessing, layers).to(device)
+            encoder = encoder.to(memory_format=torch.channels_last)
+            _encoder_cache[key] = encoder
+    return encoder
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+class _Targets:
+    """What the image is pulled toward: computed once, before the first iteration."""
+
+    def __init__(self, encoder: Encoder, plan: Plan, content: Tensor, style: Tensor, autocast):
+        with torch.no_grad(), autocast():
+            content_feats = encoder(content)
+            style_feats = encoder(style)
+        self.content = content_feats[plan.content_layer].float()
+        self.grams = [gram_matrix(style_feats[layer].float()) for layer in plan.style_layers]
+
+
+def _autocast_for(plan: Plan):
+    if plan.precision == "bf16":
+        return lambda: torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def stylize(
+    content: Tensor,
+    style: Tensor,
+    options: StyleOptions | None = None,
+    on_iteration: Callable[[IterationRecord], None] | None = None,
+    weights: weights_mod.LoadedWeights | None = None,
+) -> Result:
+    """Optimise an image that has `content`'s features and `style`'s Gram matrices.
+
+    `content` and `style` are (1, 3, H, W) tensors in [0, 1] at the sizes to use
+    (see `images.load`); the output has the content's size.
+    """
+    options = options or StyleOptions()
+    device = resolve_device(options.device)
+    loaded = weights or load_weights(options)
+    if options.preprocessing and options.preprocessing != loaded.preprocessing:
+        loaded = weights_mod.LoadedWeights(loaded.state_dict, loaded.sha256, options.preprocessing, loaded.source)
+    plan = make_plan(options, loaded.preprocessing, content.shape[-2] * content.shape[-1], device)
+    encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device)
+    autocast = _autocast_for(plan)
+
+    content, style = content.to(device), style.to(device)
+    targets = _Targets(encoder, plan, content, style, autocast)
+
+    if options.init == "content":
+        start = content.clone()
+    else:
+        generator = torch.Generator().manual_seed(options.seed)
+        start = torch.rand(content.shape, generator=generator).to(device)
+    pixels = start.contiguous().requires_grad_(True)  # L-BFGS flattens its parameter: keep it contiguous
+
+    history: list[IterationRecord] = []
+    began = time.perf_counter()
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            pixels.clamp_(0, 1)
+        with autocast():
+            feats = encoder(pixels)
+        feats = {name: value.float() for name, value in feats.items()}
+        c = content_loss(plan.content_weight, feats[plan.content_layer], targets.content)
+        s = style_loss(feats, plan.style_layers, targets.grams, plan.style_weights)
+        t = tv_loss(pixels, plan.tv_weight)
+        total = c + s + t
+        total.backward()
+        values = torch.stack([c.detach(), s.detach(), t.detach(), total.detach()]).tolist()
+        if not math.isfinite(values[3]):
+            raise NonFiniteLoss(
+                f"loss became {values[3]} at iteration {len(history) + 1}; lower the learning rate or the weights"
+            )
+        record = IterationRecord(len(history) + 1, *values, seconds=time.perf_counter() - began)
+        history.append(record)
+        if on_iteration is not None:
+            on_iteration(record)
+        return total
+
+    if options.optimizer == "lbfgs":
+        # No line search: exactly one forward+backward per iteration, so `iterations` is what it says.
+        optimizer = torch.optim.LBFGS(
+            [pixels],
+            lr=plan.lr,
+            max_iter=options.iterations,
+            max_eval=options.iterations,
+            tolerance_grad=-1,
+            tolerance_change=-1,
+            history_size=50,
+        )
+        optimizer.step(closure)
+    else:
+        optimizer = torch.optim.Adam([pixels], lr=plan.lr)
+        for _ in range(options.iterations):
+            optimizer.step(closure)
+
+    with torch.no_grad():
+        image = pixels.detach().clamp(0, 1).contiguous().cpu()
+    return Result(
+        image=image,
+        history=history,
+        plan=plan,
+        weights_sha256=loaded.sha256,
+        weights_source=loaded.source,
+        seconds=time.perf_counter() - began,
+    )

@@ -1,0 +1,103 @@
+"""StyleOptions: the one typed options model, shared by the engine, the CLI, the manifest and the flows.
+
+Every field is validated here once, so a bad value is reported with its field
+name wherever it came from (a flag, a manifest line, a flow parameter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ModelName = Literal["vgg16", "vgg19", "squeezenet1_1"]
+Preprocessing = Literal["torchvision", "caffe"]
+
+# Finite, non-negative floats: NaN and ±inf are rejected with the field's name.
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class StyleOptions(BaseModel):
+    """What to optimise and how. `None` means "the chosen model's default"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelName = Field("vgg16", description="Feature network.")
+    weights: str | None = Field(
+        None, description="Weights file or URI (local or s3://); default: torchvision cache, then the offline cache."
+    )
+    preprocessing: Preprocessing | None = Field(
+        None, description="Input the weights expect; known files set it themselves, unknown ones default to torchvision."
+    )
+    size: int = Field(512, ge=16, le=8192, description="Output's longer side in pixels; the content's aspect is kept.")
+    style_size: int | None = Field(
+        None, ge=16, le=8192, description="Style image's longer side in pixels; default: the output size."
+    )
+    iterations: int = Field(300, ge=1, le=100_000, description="Forward+backward passes.")
+    content_weight: Weight | None = Field(None, description="w in content_loss; default: the model's.")
+    style_weights: list[Weight] | None = Field(None, description="One weight per style layer; default: the model's.")
+    tv_weight: Weight | None = Field(None, description="w in tv_loss; default: the model's.")
+    content_layer: str | None = Field(None, description="Layer name (relu4_2 for VGG, 3 for SqueezeNet).")
+    style_layers: list[str] | None = Field(None, description="Layer names; default: the model's.")
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    lr: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None = Field(
+        None, description="Step size; default 1.0 for lbfgs, 0.02 for adam."
+    )
+    init: Literal["content", "noise"] = Field("content", description="Start from the content image or from noise.")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast for the network (Gram matrices and losses stay fp32); auto: bf16 on CUDA."
+    )
+
+    @field_validator("content_layer", mode="before")
+    @classmethod
+    def _layer_as_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("style_layers", mode="before")
+    @classmethod
+    def _layers_as_text(cls, value):
+        if isinstance(value, (str, int)):
+            value = [value]
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("style_weights", mode="before")
+    @classmethod
+    def _weights_as_list(cls, value):
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        head, _, index = value.partition(":")
+        if head not in {"auto", "cpu", "cuda", "mps"} or (index and (head != "cuda" or not index.isdigit())):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match_layers(self):
+        if self.style_layers is not None and self.style_weights is not None:
+            if len(self.style_layers) != len(self.style_weights):
+                raise ValueError(
+                    f"style_weights has {len(self.style_weights)} values but style_layers has {len(self.style_layers)}"
+                )
+        if self.style_weights is not None and not all(math.isfinite(w) for w in self.style_weights):
+            raise ValueError("style_weights must be finite")
+        return self
+
+    def merged(self, overrides: dict) -> "StyleOptions":
+        """These options with `overrides` on top, validated as a whole."""
+        return StyleOptions.model_validate({**self.model_dump(exclude_unset=True), **overrides})
+
+    def fingerprint_fields(self) -> dict:
+        """What decides the output bytes; `device` is where, not what, so it is left out."""
+        return self.model_dump(mode="json", exclude={"device"})
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint_fields(), sort_keys=True).encode()).hexdigest()
