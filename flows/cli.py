@@ -1,0 +1,174 @@
+"""The `stylize` command: one pair, a manifest run, validation, weights, serving.
+
+Every failure the user can fix is one line on stderr and exit code 2 (a bad
+input) or 1 (a run with failed pairs); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import get_args, get_origin
+
+from pydantic import ValidationError
+
+from stylecore.errors import StyleError
+from stylecore.options import StyleOptions
+
+EXIT_OK, EXIT_FAILED_PAIRS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit 2."""
+
+
+def _is_list(annotation) -> bool:
+    return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per StyleOptions field, so the CLI can never drift from the model."""
+    group = parser.add_argument_group("style options (default: the model's)")
+    for name, info in StyleOptions.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = "" if info.default is None else f" [default: {info.default}]"
+        metavar = "A,B,…" if _is_list(info.annotation) else name.upper()
+        group.add_argument(flag, dest=f"opt_{name}", metavar=metavar, default=None, help=(info.description or "") + default)
+
+
+def options_from_args(args: argparse.Namespace, base: dict | None = None) -> dict:
+    """The flags the user gave, as a dict for StyleOptions (lists split on commas)."""
+    given = dict(base or {})
+    for name, info in StyleOptions.model_fields.items():
+        value = getattr(args, f"opt_{name}", None)
+        if value is None:
+            continue
+        given[name] = [v.strip() for v in value.split(",") if v.strip()] if _is_list(info.annotation) else value
+    return given
+
+
+def format_validation_error(exc: ValidationError, flags: bool = False) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "options"
+        if flags and error["loc"]:
+            field = "--" + str(error["loc"][0]).replace("_", "-")
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{field}: {error['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def build_options(args: argparse.Namespace, base: dict | None = None) -> StyleOptions:
+    try:
+        return StyleOptions.model_validate(options_from_args(args, base))
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(exc, flags=True)) from None
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_one(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stylecore import images, stylize
+
+    from . import outputs, storage
+
+    options = build_options(args)
+    content = images.load(storage.read_bytes(args.content), options.size, name=args.content)
+    style = images.load(storage.read_bytes(args.style), options.style_size or options.size, name=args.style)
+    loaded = outputs.weights_for(options)
+    with tqdm(total=options.iterations, unit="it", dynamic_ncols=True, disable=args.quiet) as bar:
+
+        def show(record):
+            bar.update(1)
+            bar.set_postfix_str(f"content={record.content:.3g} style={record.style:.3g} tv={record.tv:.3g} total={record.total:.4g}")
+
+        result = stylize(content, style, options, on_iteration=show, weights=loaded)
+    storage.write_bytes(args.output, images.encode_png(result.image))
+    storage.write_bytes(storage.join(storage.parent(args.output), "losses.csv"), outputs.losses_csv(result.history))
+    final = result.final
+    print(
+        f"wrote {args.output} ({result.image.shape[-1]}×{result.image.shape[-2]}, {len(result.history)} iterations, "
+        f"{result.seconds:.1f}s on {result.plan.device}; final content={final.content:.4g} style={final.style:.4g} tv={final.tv:.4g})"
+    )
+    return EXIT_OK
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from stylecore import weights
+
+    path = weights.fetch(args.model)
+    print(f"{args.model}: {path} (sha256 {weights.sha256_bytes(path.read_bytes())})")
+    return EXIT_OK
+
+
+def cmd_weights_show(args: argparse.Namespace) -> int:
+    from stylecore import weights
+    from stylecore.features import MODELS
+
+    for name, spec in MODELS.items():
+        try:
+            found = weights.resolve_default(spec, allow_download=False)
+            print(f"{name:15} {found.preprocessing:12} {found.source}")
+        except StyleError:
+            print(f"{name:15} {'-':12} missing: stylize weights fetch {name}")
+    return EXIT_OK
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylize", description="Batch neural style transfer (Gatys et al.) on Prefect.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    one = commands.add_parser("one", help="stylise one pair on this machine, without Prefect")
+    one.add_argument("content", metavar="CONTENT", help="content image (path or URI)")
+    one.add_argument("style", metavar="STYLE", help="style image (path or URI)")
+    one.add_argument("output", metavar="OUTPUT", help="output PNG; losses.csv is written beside it")
+    one.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_option_flags(one)
+    one.set_defaults(handler=cmd_one)
+
+    weights = commands.add_parser("weights", help="fetch or list feature-network weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    fetch = weights_commands.add_parser("fetch", help="download weights into the cache")
+    fetch.add_argument("model", choices=["vgg16", "vgg19", "squeezenet1_1"])
+    fetch.set_defaults(handler=cmd_weights_fetch)
+    show = weights_commands.add_parser("list", help="where each model's weights would come from")
+    show.set_defaults(handler=cmd_weights_show)
+
+    from . import commands as pipeline_commands
+
+    pipeline_commands.register(commands)
+    return parser
+
+
+def configure_environment() -> None:
+    """Offline, quiet Prefect unless the user chose otherwise."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_environment()
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, StyleError) as exc:
+        print(f"stylize: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValidationError as exc:
+        print(f"stylize: error: {format_validation_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("stylize: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Storage through fsspec: local paths, file:// and s3:// behave alike.
+
+Nothing half-written is ever visible under a final name: local files are
+written to a hidden temporary name and renamed; an S3 PUT only appears once
+complete. Errors are sorted into "the input is wrong" (`InputMissing`,
+`AccessDenied`: retrying cannot help) and everything else (may be transient).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from stylecore.errors import StyleError
+
+
+class InputMissing(StyleError):
+    """A file or object that should exist does not."""
+
+
+class AccessDenied(StyleError):
+    """The credentials in use may not read or write this location."""
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _local(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def resolve(base: str, path: str) -> str:
+    """`path` relative to the folder `base` (a local dir or a URI prefix); absolute paths and URIs pass through."""
+    path = str(path)
+    if "://" in path or os.path.isabs(path) or path.startswith("~"):
+        return os.path.expanduser(path) if path.startswith("~") else path
+    if is_remote(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+    return os.path.normpath(os.path.join(_local(base), path))
+
+
+def parent(uri: str) -> str:
+    if is_remote(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{posixpath.dirname(rest.rstrip('/'))}"
+    return os.path.dirname(os.path.abspath(_local(uri)))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(_local(base), *parts)
+
+
+def _translate(uri: str, exc: Exception) -> Exception:
+    if isinstance(exc, FileNotFoundError):
+        return InputMissing(f"{uri}: not found")
+    if isinstance(exc, PermissionError):
+        return AccessDenied(f"{uri}: access denied")
+    if isinstance(exc, IsADirectoryError):
+        return InputMissing(f"{uri}: is a folder, not a file")
+    return exc
+
+
+def read_bytes(uri: str) -> bytes:
+    try:
+        fs, path = url_to_fs(uri)
+        return fs.cat_file(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise _translate(uri, exc) from None
+
+
+def exists(uri: str) -> bool:
+    fs, path = url_to_fs(uri)
+    return fs.exists(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write so that `uri` holds either its old content or all of `data`, never a part."""
+    try:
+        if is_remote(uri):
+            fs, path = url_to_fs(uri)
+            fs.pipe_file(path, data)
+            return
+        target = Path(_local(uri))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+    except PermissionError as exc:
+        raise _translate(uri, exc) from None
+
+
+def glob(pattern: str) -> list[str]:
+    """Matches of a glob, as URIs in the pattern's own form, sorted."""
+    fs, path = url_to_fs(pattern)
+    try:
+        matches = sorted(fs.glob(path))
+    except (FileNotFoundError, PermissionError) as exc:
+        raise _translate(pattern, exc) from None
+    if is_remote(pattern):
+        scheme = pattern.split("://", 1)[0]
+        return [f"{scheme}://{m}" for m in matches if not fs.isdir(m)]
+    return [m for m in matches if os.path.isfile(m)]
+
+
+def has_magic(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def filesystem(uri: str) -> fsspec.AbstractFileSystem:
+    return url_to_fs(uri)[0]

@@ -1,0 +1,55 @@
+"""`stylize one`: the output, its losses.csv, and one-line errors with exit code 2."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from . import images as fixtures
+from .conftest import IMAGES, ROOT
+
+
+def stylize(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=300)
+
+
+def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubingen_bytes):
+    output = tmp_path / "result" / "tubingen.png"
+    done = stylize(
+        "one", str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"), str(output),
+        "--model", "squeezenet1_1", "--weights", str(squeezenet_weights), "--size", "64", "--iterations", "12",
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(output).size == (64, 48)
+    rows = list(csv.reader(open(output.parent / "losses.csv")))
+    assert rows[0] == ["iteration", "content", "style", "tv", "total", "seconds"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(1, 13))
+    assert float(rows[-1][2]) < float(rows[1][2])
+    assert "it/s" in done.stderr  # the progress bar
+    assert sorted(p.name for p in output.parent.iterdir()) == ["losses.csv", "tubingen.png"]  # no temporaries left
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["missing.jpg", "{style}", "{out}"], "missing.jpg: not found"),
+        (["{text}", "{style}", "{out}"], "not an image"),
+        (["{good}", "{style}", "{out}", "--size", "-5"], "--size: Input should be greater than or equal to 16"),
+        (["{good}", "{style}", "{out}", "--optimizer", "sgd"], "--optimizer"),
+        (["{good}", "{style}", "{out}", "--tv-weight", "nan"], "--tv-weight"),
+        (["{good}", "{style}", "{out}", "--model", "vgg16", "--weights", "{text}"], "not a torch weights file"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(tmp_path, args, expected):
+    files = {"good": tmp_path / "good.png", "style": tmp_path / "style.png", "text": tmp_path / "notes.txt", "out": tmp_path / "o.png"}
+    files["good"].write_bytes(fixtures.rgb_png())
+    files["style"].write_bytes(fixtures.jpeg())
+    files["text"].write_text("just words")
+    done = stylize("one", *[a.format(**{k: str(v) for k, v in files.items()}) for a in args], "--iterations", "2", "-q")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not files["out"].exists()
