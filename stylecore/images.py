@@ -72,7 +72,7 @@ def resize_longer_side(image: Image.Image, longer_side: int) -> Image.Image:
 def to_tensor(image: Image.Image) -> Tensor:
     """RGB image → (1, 3, H, W) float32 in [0, 1]."""
     array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
 
 
 def to_image(tensor: Tensor) -> Image.Image:
