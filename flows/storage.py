@@ -46,6 +46,10 @@ def resolve(base: str, path: str) -> str:
     return os.path.normpath(os.path.join(_local(base), path))
 
 
+def absolute(uri: str) -> str:
+    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(_local(uri)))
+
+
 def parent(uri: str) -> str:
     if is_remote(uri):
         scheme, rest = uri.split("://", 1)

@@ -1,0 +1,351 @@
+"""Manifests: a YAML file of content/style pairs, validated once, expanded into `PairSpec`s.
+
+Every problem is collected and reported together, each as one line naming the
+file, the line, the field and the offending value, so an operator fixes a
+manifest in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stylecore.errors import StyleError
+from stylecore.options import StyleOptions
+
+from . import storage
+
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: thousands of pairs fit; more is a mistake or an attack
+MAX_YAML_NODES = 200_000  # nodes after expanding aliases (a "billion laughs" expands to far more)
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+PAIR_KEYS = ("id", "content", "style")
+
+
+class BadManifest(StyleError):
+    """A manifest that cannot be run; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class PairEntry(BaseModel):
+    """One `pairs:` item: inputs (paths, globs or lists of them) plus per-pair option overrides."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    content: str | list[str]
+    style: str | list[str]
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_safe(cls, value):
+        if value is not None and not ID_PATTERN.match(value):
+            raise ValueError("must be 1-128 of [a-z0-9._-], not starting with '.', '_' or '-' (it names a folder)")
+        return value
+
+    @field_validator("content", "style")
+    @classmethod
+    def _not_empty(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one image")
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must name an image")
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ManifestSettings(BaseModel):
+    """Everything in a manifest but its pairs (validated apart, so one bad pair hides no other problem)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(description="Local folder or s3://bucket/prefix; relative paths resolve against the manifest.")
+    name: str | None = Field(None, description="Run name prefix; default: the manifest's file name.")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Any StyleOptions field, for every pair.")
+    retries: int = Field(2, ge=0, le=20, description="Retries of a pair after a transient failure (storage, network, CUDA OOM).")
+    retry_delay_seconds: list[float] = Field(
+        default_factory=lambda: [2.0, 10.0, 30.0], description="Backoff between retries; the last value repeats."
+    )
+    @field_validator("retry_delay_seconds", mode="before")
+    @classmethod
+    def _delays(cls, value):
+        value = [value] if isinstance(value, (int, float)) else value
+        if isinstance(value, list) and any(not isinstance(v, (int, float)) or v < 0 or v != v or v > 3600 for v in value):
+            raise ValueError("must be numbers of seconds between 0 and 3600")
+        return value
+
+
+class Manifest(ManifestSettings):
+    pairs: list[PairEntry] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    id: str
+    content: str
+    style: str
+    options: StyleOptions
+    output: str  # <manifest output>/<id>
+
+    def uri(self, name: str) -> str:
+        return storage.join(self.output, name)
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    uri: str
+    manifest: Manifest
+    output: str
+    pairs: list[PairSpec]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name or stem(self.uri)
+
+
+def stem(uri: str) -> str:
+    return slug(PurePosixPath(uri.rstrip("/").rsplit("/", 1)[-1]).stem) or "manifest"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:60]
+
+
+# --- YAML with line numbers -------------------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: tuple = (), lines: dict | None = None, budget: list | None = None) -> dict:
+    """Map each key path to its 1-based line; counts nodes through aliases to stop alias bombs."""
+    lines = {} if lines is None else lines
+    budget = [MAX_YAML_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadManifest([f"more than {MAX_YAML_NODES:,} YAML nodes once aliases are expanded (an alias bomb?)"])
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (getattr(key, "value", None),)
+            lines.setdefault(child, key.start_mark.line + 1)
+            _line_index(value, child, lines, budget)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_index(item, path + (index,), lines, budget)
+    return lines
+
+
+def parse_yaml(text: str, where: str) -> tuple[Any, dict]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            raise BadManifest([f"{where}: the file is empty"])
+        lines = _line_index(node)
+        data = yaml.safe_load(text)
+    except BadManifest as exc:
+        raise BadManifest([p if p.startswith(where) else f"{where}: {p}" for p in exc.problems]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadManifest([f"{where}{at}: not valid YAML: {problem}"]) from None
+    return data, lines
+
+
+def _where(file: str, lines: dict, loc: tuple) -> str:
+    for cut in range(len(loc), -1, -1):
+        if tuple(loc[:cut]) in lines:
+            return f"{file}:{lines[tuple(loc[:cut])]}"
+    return file
+
+
+def _field(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "manifest"
+
+
+def _describe(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _problems_from(exc: ValidationError, file: str, lines: dict, prefix: tuple = ()) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc = prefix + tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(Manifest.model_fields) if len(loc) == 1 else ", ".join((*PAIR_KEYS, *StyleOptions.model_fields))
+            message = f"unknown key; allowed: {allowed}"
+        value = "" if isinstance(error.get("input"), (dict, list)) else f" (got {_describe(error.get('input'))})"
+        problems.append(f"{_where(file, lines, loc)}: {_field(loc)}: {message}{value}")
+    return problems
+
+
+# --- loading and expansion -----------------------------------------------------------------------------
+
+
+def read_manifest_text(uri: str) -> str:
+    data = storage.read_bytes(uri)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BadManifest([f"{uri}: {len(data):,} bytes is over the manifest limit of {MAX_MANIFEST_BYTES:,}"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadManifest([f"{uri}: not UTF-8 text (byte {exc.start})"]) from None
+
+
+def load(uri: str, output: str | None = None, check_inputs: bool = True) -> LoadedManifest:
+    """Read, validate and expand a manifest; raise `BadManifest` listing every problem."""
+    text = read_manifest_text(uri)
+    data, lines = parse_yaml(text, uri)
+    if not isinstance(data, dict):
+        raise BadManifest([f"{uri}:1: manifest: expected a mapping with output, defaults and pairs (got {type(data).__name__})"])
+    problems: list[str] = []
+    try:
+        settings = ManifestSettings.model_validate({k: v for k, v in data.items() if k != "pairs"})
+    except ValidationError as exc:
+        problems += _problems_from(exc, uri, lines)
+        settings = None
+    raw_pairs = data.get("pairs")
+    entries: list[PairEntry] = []
+    if not isinstance(raw_pairs, list) or not raw_pairs:
+        problems.append(f"{_where(uri, lines, ('pairs',))}: pairs: must be a non-empty list of pairs (got {_describe(raw_pairs)})")
+        raw_pairs = []
+    for index, raw in enumerate(raw_pairs):
+        try:
+            entries.append(PairEntry.model_validate(raw))
+        except ValidationError as exc:
+            problems += _problems_from(exc, uri, lines, ("pairs", index))
+            entries.append(None)
+
+    base = storage.parent(uri)
+    defaults = StyleOptions()
+    if isinstance(data.get("defaults"), dict):  # a non-mapping was reported with the settings
+        try:
+            defaults = StyleOptions.model_validate(data["defaults"])
+        except ValidationError as exc:
+            problems += _problems_from(exc, uri, lines, ("defaults",))
+
+    pairs: list[PairSpec] = []
+    for index, entry in enumerate(entries):
+        if entry is None:
+            continue
+        at = ("pairs", index)
+        unknown = [k for k in entry.overrides() if k not in StyleOptions.model_fields]
+        for key in unknown:
+            allowed = ", ".join((*PAIR_KEYS, *StyleOptions.model_fields))
+            problems.append(f"{_where(uri, lines, at + (key,))}: pairs[{index}].{key}: unknown key; allowed: {allowed}")
+        try:
+            options = defaults.merged({k: v for k, v in entry.overrides().items() if k not in unknown})
+        except ValidationError as exc:
+            problems += _problems_from(exc, uri, lines, at)
+            continue
+        if unknown:
+            continue
+        contents = _expand(entry.content, base, uri, lines, at + ("content",), problems, check_inputs)
+        styles = _expand(entry.style, base, uri, lines, at + ("style",), problems, check_inputs)
+        combos = list(itertools.product(contents, styles))
+        for content, style in combos:
+            if entry.id and len(combos) == 1:
+                pair_id = entry.id
+            elif entry.id:
+                pair_id = f"{entry.id}-{slug(_name(content))}-{slug(_name(style))}"
+            else:
+                pair_id = f"{slug(_name(content))}-{slug(_name(style))}"
+            pairs.append(PairSpec(pair_id, content, style, options, ""))
+
+    pairs = _unique_ids(pairs, [e for e in entries if e is not None], uri, lines, problems)
+    if problems:
+        raise BadManifest(sorted(problems, key=_line_of))
+    manifest = Manifest(**settings.model_dump(), pairs=entries)
+    # An --output override is relative to where the user stands; the manifest's own, to the manifest.
+    out = storage.absolute(output) if output else storage.resolve(base, manifest.output)
+    return LoadedManifest(uri, manifest, out, [PairSpec(p.id, p.content, p.style, p.options, storage.join(out, p.id)) for p in pairs])
+
+
+def _line_of(problem: str) -> int:
+    match = re.match(r"^.*?:(\d+): ", problem)
+    return int(match.group(1)) if match else 0
+
+
+def _name(uri: str) -> str:
+    return PurePosixPath(uri.rstrip("/").rsplit("/", 1)[-1]).stem or "image"
+
+
+def _expand(value, base, file, lines, loc, problems, check_inputs) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    found: list[str] = []
+    for offset, item in enumerate(items):
+        here = loc + (offset,) if isinstance(value, list) else loc
+        target = storage.resolve(base, item)
+        try:
+            if storage.has_magic(target):
+                matches = storage.glob(target)
+                if not matches:
+                    problems.append(f"{_where(file, lines, here)}: {_field(here)}: glob {item!r} matches nothing")
+                found += matches
+            else:
+                if check_inputs and not storage.exists(target):
+                    problems.append(f"{_where(file, lines, here)}: {_field(here)}: missing input {item!r} ({target})")
+                found.append(target)
+        except StyleError as exc:
+            problems.append(f"{_where(file, lines, here)}: {_field(here)}: {exc}")
+        except OSError as exc:  # an unreachable store: say so, but as one line
+            problems.append(f"{_where(file, lines, here)}: {_field(here)}: cannot list {target}: {exc}")
+    return found
+
+
+def _unique_ids(pairs: list[PairSpec], entries: list[PairEntry], file, lines, problems) -> list[PairSpec]:
+    """Explicit ids must be unique; derived ones that collide get a short hash of their inputs."""
+    explicit = {e.id for e in entries if e.id}
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        if entry.id:
+            if entry.id in seen:
+                problems.append(
+                    f"{_where(file, lines, ('pairs', index, 'id'))}: pairs[{index}].id: duplicate id {entry.id!r} (first at pairs[{seen[entry.id]}])"
+                )
+            seen.setdefault(entry.id, index)
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        counts[pair.id] = counts.get(pair.id, 0) + 1
+    unique = []
+    for pair in pairs:
+        if counts[pair.id] > 1 and pair.id not in explicit:
+            digest = hashlib.sha256(f"{pair.content}\n{pair.style}".encode()).hexdigest()[:8]
+            pair = PairSpec(f"{pair.id}-{digest}"[:128], pair.content, pair.style, pair.options, pair.output)
+        unique.append(pair)
+    return unique
+
+
+def json_schema() -> dict:
+    """The manifest's JSON Schema for editors, with StyleOptions' fields spelled out for defaults and pairs."""
+    schema = Manifest.model_json_schema()
+    options = StyleOptions.model_json_schema()
+    schema.setdefault("$defs", {}).update(options.pop("$defs", {}))
+    schema["$defs"]["StyleOptions"] = options
+    schema["properties"]["defaults"] = {"$ref": "#/$defs/StyleOptions", "description": "Engine options for every pair."}
+    entry = schema["$defs"]["PairEntry"]
+    entry["properties"].update(options["properties"])
+    entry["additionalProperties"] = False
+    schema["title"] = "stylize manifest"
+    return schema
+
+
+if __name__ == "__main__":
+    json.dump(json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
