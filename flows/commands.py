@@ -1,5 +1,116 @@
-"""Manifest commands (run, validate, retry-failed, demo, serve): registered on the `stylize` parser."""
+"""Manifest commands: validate, run, retry-failed, demo. Registered on the `stylize` parser."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stylecore.errors import StyleError
+
+EXIT_OK, EXIT_FAILED_PAIRS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _print_pairs_table(pairs) -> None:
+    rows = [(p.id, p.content, p.style, str(p.options.size), str(p.options.iterations), p.options.model) for p in pairs]
+    _table(("id", "content", "style", "size", "iterations", "model"), rows)
+
+
+def _table(header, rows) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .manifest import BadManifest, load
+
+    try:
+        loaded = load(args.manifest, args.output)
+    except BadManifest as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.manifest}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_pairs_table(loaded.pairs)
+    print(f"\n{len(loaded.pairs)} pairs → {loaded.output}")
+    return EXIT_OK
+
+
+def _print_report(report: dict) -> int:
+    rows = []
+    for p in report["pairs"]:
+        final = p.get("final") or {}
+        detail = p.get("error") if p["status"] == "failed" else f"style {final.get('style', 0):.4g}  total {final.get('total', 0):.4g}"
+        rows.append((p["id"], p["status"], f"{p.get('seconds', 0):.1f}", detail or ""))
+    _table(("pair", "status", "seconds", "final losses / reason"), rows)
+    counts = report["counts"]
+    print(f"\n{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed; report: {report['report']}")
+    failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)}; re-run them with: stylize retry-failed {report['report']}", file=sys.stderr)
+        return EXIT_FAILED_PAIRS
+    return EXIT_OK
+
+
+def _run_flow(flow_fn, runner: str, devices_arg: str | None, **parameters) -> int:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from . import devices
+
+    device_list = [d.strip() for d in devices_arg.split(",")] if devices_arg else devices.detect()
+    pool = devices.configure(device_list)
+    configured = flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=pool.size))
+    state = configured(**parameters, runner=runner, return_state=True)
+    try:
+        report = state.result(raise_on_failure=False)
+    except Exception:  # a crashed flow has no report to show, only its message
+        report = None
+    report = report if isinstance(report, dict) and "pairs" in report else None
+    if report is None:
+        print(f"stylize: error: {state.message or state.name}", file=sys.stderr)
+        return EXIT_BAD_INPUT if state.name == "Bad input" else EXIT_FAILED_PAIRS
+    return _print_report(report)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .manifest import BadManifest, load
+    from .pipeline import stylize_manifest
+
+    try:
+        load(args.manifest, args.output)  # fail fast, before any server starts
+    except BadManifest as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return _run_flow(stylize_manifest, args.runner, args.devices, manifest=args.manifest, output=args.output)
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from . import storage
+    from .pipeline import retry_failed
+
+    storage.read_bytes(args.report)  # a missing report is one line, not a flow failure
+    return _run_flow(retry_failed, args.runner, args.devices, report=args.report)
 
 
 def register(commands) -> None:
-    pass
+    validate = commands.add_parser("validate", help="check a manifest and list its expanded pairs")
+    validate.add_argument("manifest", metavar="MANIFEST", help="manifest YAML (path or URI)")
+    validate.add_argument("--output", help="override the manifest's output location")
+    validate.set_defaults(handler=cmd_validate)
+
+    run = commands.add_parser("run", help="stylise every pair of a manifest as a Prefect flow")
+    run.add_argument("manifest", metavar="MANIFEST", help="manifest YAML (path or URI)")
+    run.add_argument("--output", help="override the manifest's output location")
+    _runner_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    retry = commands.add_parser("retry-failed", help="re-run the failed pairs of a run report")
+    retry.add_argument("report", metavar="REPORT_URI", help=".../_runs/<run>/report.json")
+    _runner_flags(retry)
+    retry.set_defaults(handler=cmd_retry_failed)
+
+
+def _runner_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runner", choices=["local"], default="local", help="where pair tasks run")
+    parser.add_argument("--devices", help="comma-separated devices to lease to pair tasks (default: every GPU, else cpu)")

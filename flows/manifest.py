@@ -210,6 +210,7 @@ def read_manifest_text(uri: str) -> str:
 
 def load(uri: str, output: str | None = None, check_inputs: bool = True) -> LoadedManifest:
     """Read, validate and expand a manifest; raise `BadManifest` listing every problem."""
+    uri = storage.absolute(uri)
     text = read_manifest_text(uri)
     data, lines = parse_yaml(text, uri)
     if not isinstance(data, dict):

@@ -68,7 +68,8 @@ class Plan:
 @dataclass
 class Result:
     image: Tensor  # (1, 3, H, W) float32 on the CPU, in [0, 1]
-    history: list[IterationRecord]
+    history: list[IterationRecord]  # every evaluation, in order
+    best_iteration: int  # the evaluation whose image this is (the lowest total loss)
     plan: Plan
     weights_sha256: str
     weights_source: str
@@ -77,7 +78,8 @@ class Result:
 
     @property
     def final(self) -> IterationRecord:
-        return self.history[-1]
+        """The losses of the returned image."""
+        return self.history[self.best_iteration - 1]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -192,6 +194,23 @@ def load_encoder(spec: ModelSpec, loaded: weights_mod.LoadedWeights, layers: tup
 # --- the loop ----------------------------------------------------------------------------------------
 
 
+class _BudgetSpent(Exception):
+    pass
+
+
+class _Best:
+    """The lowest-loss image evaluated so far: the one returned, so the image and its reported losses agree."""
+
+    def __init__(self):
+        self.record: IterationRecord | None = None
+        self.pixels: Tensor | None = None
+
+    def offer(self, record: IterationRecord, pixels: Tensor) -> None:
+        if self.record is None or record.total < self.record.total:
+            self.record = record
+            self.pixels = pixels.detach().clamp(0, 1).contiguous().clone()
+
+
 class _Targets:
     """What the image is pulled toward: computed once, before the first iteration."""
 
@@ -241,9 +260,12 @@ def stylize(
     pixels = start.contiguous().requires_grad_(True)  # L-BFGS flattens its parameter: keep it contiguous
 
     history: list[IterationRecord] = []
+    best = _Best()
     began = time.perf_counter()
 
     def closure() -> Tensor:
+        if len(history) >= options.iterations:
+            raise _BudgetSpent  # a line search may ask for more evaluations than the budget holds
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             pixels.clamp_(0, 1)
@@ -262,32 +284,38 @@ def stylize(
             )
         record = IterationRecord(len(history) + 1, *values, seconds=time.perf_counter() - began)
         history.append(record)
+        best.offer(record, pixels)
         if on_iteration is not None:
             on_iteration(record)
         return total
 
-    if options.optimizer == "lbfgs":
-        # No line search: exactly one forward+backward per iteration, so `iterations` is what it says.
-        optimizer = torch.optim.LBFGS(
-            [pixels],
-            lr=plan.lr,
-            max_iter=options.iterations,
-            max_eval=options.iterations,
-            tolerance_grad=-1,
-            tolerance_change=-1,
-            history_size=50,
-        )
-        optimizer.step(closure)
-    else:
-        optimizer = torch.optim.Adam([pixels], lr=plan.lr)
-        for _ in range(options.iterations):
-            optimizer.step(closure)
+    try:
+        if options.optimizer == "lbfgs":
+            # Strong-Wolfe line search keeps L-BFGS from the wild first steps it takes without one; every
+            # evaluation it makes is one forward+backward and counts as one iteration of the budget.
+            optimizer = torch.optim.LBFGS(
+                [pixels],
+                lr=plan.lr,
+                max_iter=options.iterations,
+                max_eval=options.iterations,
+                tolerance_grad=-1,
+                tolerance_change=-1,
+                history_size=50,
+                line_search_fn="strong_wolfe",
+            )
+            while len(history) < options.iterations:
+                optimizer.step(closure)
+        else:
+            optimizer = torch.optim.Adam([pixels], lr=plan.lr)
+            for _ in range(options.iterations):
+                optimizer.step(closure)
+    except _BudgetSpent:
+        pass
 
-    with torch.no_grad():
-        image = pixels.detach().clamp(0, 1).contiguous().cpu()
     return Result(
-        image=image,
+        image=best.pixels.cpu(),
         history=history,
+        best_iteration=best.record.iteration,
         plan=plan,
         weights_sha256=loaded.sha256,
         weights_source=loaded.source,

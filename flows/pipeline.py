@@ -1,0 +1,318 @@
+"""The Prefect flows: a manifest run, and a re-run of a report's failed pairs.
+
+Thin orchestration around stylecore: a task per pair (the unit of retry and of
+what an operator sees), device leases, fingerprints for resume, and the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.runtime import flow_run, task_run
+from prefect.states import Completed, Failed
+
+import stylecore
+from stylecore import images
+from stylecore.engine import IterationRecord, stylize
+from stylecore.errors import StyleError
+
+from . import devices, outputs, report as report_mod, storage
+from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
+
+PROGRESS_STEPS = 10  # a progress update (artifact and log line) every 10% of a pair's iterations
+
+
+# --- fingerprints ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version plus a hash of the engine's source: any change to how pixels are made re-runs pairs."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(stylecore.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{_version('stylize')}+{digest.hexdigest()[:12]}"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def fingerprint(content_sha: str, style_sha: str, pair: PairSpec, weights_sha: str) -> str:
+    payload = {
+        "content": content_sha,
+        "style": style_sha,
+        "options": pair.options.fingerprint_fields(),
+        "weights": weights_sha,
+        "code": code_version(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    names = ("stylize", "torch", "torchvision", "prefect", "pillow", "s3fs", "fsspec")
+    return {"python": platform.python_version(), **{n: _version(n) for n in names}}
+
+
+# --- one pair ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairOutcome:
+    id: str
+    status: str  # completed | skipped | failed
+    content: str
+    style: str
+    error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    final: dict[str, float] | None = None
+    iterations: int = 0
+    seconds: float = 0.0
+    device: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+OUTPUT_NAMES = {"image": "stylized.png", "losses_csv": "losses.csv", "losses_png": "losses.png", "meta": "meta.json"}
+
+
+def output_uris(pair: PairSpec) -> dict[str, str]:
+    return {key: pair.uri(name) for key, name in OUTPUT_NAMES.items()}
+
+
+class ProgressReporter:
+    """Turns the engine's per-iteration callback into a progress artifact and log lines, every 10%."""
+
+    def __init__(self, pair: PairSpec, logger):
+        self.pair, self.logger = pair, logger
+        self.total = pair.options.iterations
+        self.every = max(1, self.total // PROGRESS_STEPS)
+        key = "progress-" + re.sub(r"[^a-z0-9-]+", "-", pair.id)[:100].strip("-")
+        self.artifact = create_progress_artifact(0.0, key=key, description=f"Stylising {pair.id}")
+
+    def __call__(self, record: IterationRecord) -> None:
+        if record.iteration % self.every and record.iteration != self.total:
+            return
+        update_progress_artifact(self.artifact, 100.0 * record.iteration / self.total)
+        self.logger.info(
+            "%s: %d/%d iterations, content %.4g, style %.4g, tv %.4g, total %.4g (%.1f s)",
+            self.pair.id, record.iteration, self.total, record.content, record.style, record.tv, record.total, record.seconds,
+        )
+
+    def done(self) -> None:
+        update_progress_artifact(self.artifact, 100.0)
+
+
+def _read_meta(uri: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (StyleError, ValueError):
+        return None
+
+
+def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
+    """Read, skip if done, optimise, write: the body of the pair task (also usable without Prefect)."""
+    uris = output_uris(pair)
+    content_bytes = storage.read_bytes(pair.content)
+    style_bytes = storage.read_bytes(pair.style)
+    loaded_weights = outputs.weights_for(pair.options)
+    content_sha, style_sha = storage_sha(content_bytes), storage_sha(style_bytes)
+    fp = fingerprint(content_sha, style_sha, pair, loaded_weights.sha256)
+
+    previous = _read_meta(uris["meta"])
+    if previous and previous.get("fingerprint") == fp and previous.get("status") == "completed":
+        logger.info("%s: unchanged since %s, skipped", pair.id, previous.get("finished_at"))
+        return PairOutcome(
+            pair.id, "skipped", pair.content, pair.style, outputs=uris, final=previous.get("final"),
+            iterations=previous.get("iterations", 0), device=previous.get("worker", {}).get("device"),
+        )
+
+    content = images.load(content_bytes, pair.options.size, name=pair.content)
+    style = images.load(style_bytes, pair.options.style_size or pair.options.size, name=pair.style)
+    with devices.pool().lease() as device:
+        options = pair.options if pair.options.device != "auto" else pair.options.merged({"device": device})
+        reporter = ProgressReporter(pair, logger)
+        result = stylize(content, style, options, on_iteration=reporter, weights=loaded_weights)
+    final = {k: getattr(result.final, k) for k in ("content", "style", "tv", "total")}
+
+    storage.write_bytes(uris["image"], images.encode_png(result.image))
+    storage.write_bytes(uris["losses_csv"], outputs.losses_csv(result.history))
+    storage.write_bytes(uris["losses_png"], outputs.losses_png(result.history, f"{pair.id}: losses per iteration"))
+    meta = {
+        "id": pair.id,
+        "status": "completed",
+        "fingerprint": fp,
+        "inputs": {"content": {"uri": pair.content, "sha256": content_sha}, "style": {"uri": pair.style, "sha256": style_sha}},
+        "options": pair.options.model_dump(mode="json"),
+        "resolved": result.plan.as_dict(),
+        "weights": {"sha256": loaded_weights.sha256, "source": loaded_weights.source, "preprocessing": loaded_weights.preprocessing},
+        "versions": versions(),
+        "code_version": code_version(),
+        "runner": runner,
+        "worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(result.plan.device)},
+        "size": list(result.image.shape[-2:][::-1]),
+        "iterations": len(result.history),
+        "final": final,
+        "seconds": round(result.seconds, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "outputs": {k: OUTPUT_NAMES[k] for k in ("image", "losses_csv", "losses_png")},
+    }
+    storage.write_bytes(uris["meta"], (json.dumps(meta, indent=2) + "\n").encode())  # last: marks the pair done
+    reporter.done()
+    return PairOutcome(
+        pair.id, "completed", pair.content, pair.style, outputs=uris, final=final,
+        iterations=len(result.history), seconds=round(result.seconds, 3), device=str(result.plan.device),
+    )
+
+
+def storage_sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    return state.name != BAD_INPUT
+
+
+@task(
+    name="stylize-pair",
+    task_run_name="{pair.id}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_retry_unless_bad_input,
+)
+def stylize_pair(pair: PairSpec, runner: str = "local", retries: int = 0) -> dict:
+    """Deterministic failures end the task at once as 'Bad input'; transient ones are raised for Prefect to retry,
+    and on the last attempt end it with one line instead of a traceback."""
+    logger = get_run_logger()
+    try:
+        return run_pair(pair, runner, logger).as_dict()
+    except StyleError as exc:
+        logger.error("%s: %s", pair.id, exc)
+        return Failed(name=BAD_INPUT, message=f"{exc}")
+    except Exception as exc:
+        attempt = task_run.run_count or 1
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if attempt > retries:
+            logger.error("%s: %s (gave up after %d attempt%s)", pair.id, reason, attempt, "s" * (attempt > 1))
+            return Failed(message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
+        logger.warning("%s: %s (attempt %d of %d, will retry)", pair.id, reason, attempt, retries + 1)
+        raise
+
+
+# --- a run -----------------------------------------------------------------------------------------
+
+
+def _run_name() -> str:
+    parameters = flow_run.parameters or {}
+    source = parameters.get("manifest") or parameters.get("report") or "run"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    label = Path(str(source).rstrip("/")).stem
+    if label == "report":  # …/_runs/<run>/report.json → name the retry after the run it retries
+        label = Path(str(source)).parent.name.split("-2")[0] + "-retry"
+    return f"{slug(label) or 'run'}-{stamp}"
+
+
+def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_failures: list[PairOutcome] = ()) -> dict:
+    """Fan the pairs out, gather outcomes whatever happened to each, write the report and the artifacts."""
+    logger = get_run_logger()
+    began = time.perf_counter()
+    retries = loaded.manifest.retries
+    task = stylize_pair.with_options(retries=retries, retry_delay_seconds=loaded.manifest.retry_delay_seconds)
+    logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
+    futures = [task.submit(pair, runner=runner, retries=retries) for pair in pairs]
+    wait(futures)
+    outcomes = list(extra_failures)
+    for pair, future in zip(pairs, futures):
+        state = future.state
+        if state.is_completed():
+            outcomes.append(PairOutcome(**future.result()))
+        else:
+            outcomes.append(PairOutcome(pair.id, "failed", pair.content, pair.style, error=state.message or state.name))
+    return write_report(loaded, outcomes, time.perf_counter() - began)
+
+
+def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: float) -> dict:
+    name = flow_run.name or _run_name()
+    folder = storage.join(loaded.output, "_runs", name)
+    pairs = [o.as_dict() for o in outcomes]
+    report = {
+        "run_name": name,
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "manifest": loaded.uri,
+        "output": loaded.output,
+        "report": storage.join(folder, "report.json"),
+        "contact_sheet": storage.join(folder, "contact_sheet.png"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "counts": report_mod.summary_counts(pairs),
+        "device_seconds": report_mod.gpu_seconds_by_device(pairs),
+        "pairs": pairs,
+    }
+    storage.write_bytes(report["contact_sheet"], report_mod.contact_sheet(pairs))
+    storage.write_bytes(report["report"], report_mod.to_json(report))
+    key = slug(loaded.name).replace(".", "-").replace("_", "-") or "run"
+    create_table_artifact(report_mod.table_rows(report), key=f"{key}-summary", description=f"Pairs of {name}")
+    create_markdown_artifact(report_mod.markdown(report), key=f"{key}-report", description=f"Report of {name}")
+    counts = report["counts"]
+    get_run_logger().info(
+        "%s: %d completed, %d skipped, %d failed; report %s", name, counts["completed"], counts["skipped"], counts["failed"], report["report"]
+    )
+    return report
+
+
+def _finish(report: dict):
+    failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
+    if failed:
+        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        return Failed(message=f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}", data=report)
+    return Completed(message=f"{len(report['pairs'])} pairs done", data=report)
+
+
+@flow(name="stylize-manifest", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+def stylize_manifest(manifest: str, output: str | None = None, runner: str = "local"):
+    """Stylise every pair of a manifest; pairs already done with the same fingerprint are skipped."""
+    try:
+        loaded = load_manifest(manifest, output)
+    except BadManifest as exc:
+        get_run_logger().error("manifest %s is not valid:\n%s", manifest, exc)
+        return Failed(name=BAD_INPUT, message=f"manifest {manifest} is not valid: {len(exc.problems)} problem(s)")
+    return _finish(run_pairs(loaded, loaded.pairs, runner))
+
+
+@flow(name="stylize-retry-failed", flow_run_name=_run_name, persist_result=False)
+def retry_failed(report: str, runner: str = "local"):
+    """Re-run exactly the failed pairs of a report (inputs re-read, so fixed files are picked up)."""
+    previous = json.loads(storage.read_bytes(report))
+    failed_ids = [p["id"] for p in previous["pairs"] if p["status"] == "failed"]
+    loaded = load_manifest(previous["manifest"], previous["output"])
+    by_id = {p.id: p for p in loaded.pairs}
+    pairs = [by_id[i] for i in failed_ids if i in by_id]
+    gone = [
+        PairOutcome(p["id"], "failed", p["content"], p["style"], error="no longer in the manifest")
+        for p in previous["pairs"]
+        if p["status"] == "failed" and p["id"] not in by_id
+    ]
+    get_run_logger().info("retrying %d failed pairs of %s", len(pairs), report)
+    return _finish(run_pairs(loaded, pairs, runner, gone))

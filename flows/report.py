@@ -1,0 +1,123 @@
+"""The run report: report.json, a contact sheet, and what the dashboard shows."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image, ImageDraw
+
+from stylecore import images
+
+from . import storage
+
+THUMB = 160
+MAX_SHEET_ROWS = 100
+
+
+def summary_counts(pairs: list[dict]) -> dict[str, int]:
+    counts = {"completed": 0, "skipped": 0, "failed": 0}
+    for pair in pairs:
+        counts[pair["status"]] = counts.get(pair["status"], 0) + 1
+    return counts
+
+
+def gpu_seconds_by_device(pairs: list[dict]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for pair in pairs:
+        if pair["status"] == "completed" and pair.get("device"):
+            totals[pair["device"]] = round(totals.get(pair["device"], 0.0) + pair.get("seconds", 0.0), 3)
+    return totals
+
+
+def to_json(report: dict) -> bytes:
+    return (json.dumps(report, indent=2, sort_keys=False) + "\n").encode()
+
+
+def _thumb(uri: str | None) -> Image.Image | None:
+    if not uri:
+        return None
+    try:
+        image = images.decode(storage.read_bytes(uri), uri)
+    except Exception:  # a sheet is a convenience: a missing or broken picture becomes a grey cell
+        return None
+    scale = THUMB / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
+
+
+def contact_sheet(pairs: list[dict]) -> bytes:
+    """content | style | result, one row per pair (the first MAX_SHEET_ROWS)."""
+    shown = pairs[:MAX_SHEET_ROWS]
+    label_h = 18
+    width, row_h = 3 * (THUMB + 8) + 8, THUMB + label_h + 8
+    extra = 24 if len(pairs) > len(shown) else 0
+    sheet = Image.new("RGB", (width, max(1, len(shown)) * row_h + 8 + extra), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    for row, pair in enumerate(shown):
+        top = 4 + row * row_h
+        status = pair["status"]
+        colour = {"completed": (20, 110, 40), "skipped": (60, 60, 140), "failed": (180, 30, 30)}.get(status, (0, 0, 0))
+        draw.text((8, top + 2), f"{pair['id']}  [{status}]", fill=colour)
+        cells = [pair.get("content"), pair.get("style"), (pair.get("outputs") or {}).get("image")]
+        for col, uri in enumerate(cells):
+            left = 8 + col * (THUMB + 8)
+            box = (left, top + label_h, left + THUMB, top + label_h + THUMB)
+            thumb = _thumb(uri) if not (col == 2 and status == "failed") else None
+            if thumb is None:
+                draw.rectangle(box, fill=(225, 225, 225))
+                if col == 2 and status == "failed":
+                    draw.text((left + 6, top + label_h + 6), "failed", fill=(180, 30, 30))
+            else:
+                sheet.paste(thumb, (left + (THUMB - thumb.width) // 2, top + label_h + (THUMB - thumb.height) // 2))
+    if extra:
+        draw.text((8, sheet.height - 20), f"… and {len(pairs) - len(shown)} more pairs in report.json", fill=(0, 0, 0))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def markdown(report: dict) -> str:
+    counts = report["counts"]
+    lines = [
+        f"# Stylisation run `{report['run_name']}`",
+        "",
+        f"Manifest: `{report['manifest']}`  ",
+        f"Output: `{report['output']}`  ",
+        f"Report: `{report['report']}`  ",
+        f"Contact sheet: `{report['contact_sheet']}`",
+        "",
+        f"**{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed** "
+        f"in {report['seconds']:.1f} s.",
+        "",
+    ]
+    failed = [p for p in report["pairs"] if p["status"] == "failed"]
+    if failed:
+        lines += ["## Failed pairs", "", "| pair | reason |", "|---|---|"]
+        lines += [f"| {p['id']} | {p['error']} |" for p in failed]
+        lines += ["", f"Re-run them with `stylize retry-failed {report['report']}`.", ""]
+    if report.get("device_seconds"):
+        lines += ["## Device seconds", "", "| device | seconds |", "|---|---:|"]
+        lines += [f"| {d} | {s:.1f} |" for d, s in report["device_seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(report: dict) -> list[dict]:
+    rows = []
+    for p in report["pairs"]:
+        final = p.get("final") or {}
+        rows.append(
+            {
+                "pair": p["id"],
+                "status": p["status"],
+                "content loss": _fmt(final.get("content")),
+                "style loss": _fmt(final.get("style")),
+                "tv loss": _fmt(final.get("tv")),
+                "seconds": f"{p.get('seconds', 0):.1f}",
+                "output": (p.get("outputs") or {}).get("image", "") if p["status"] != "failed" else p.get("error", ""),
+            }
+        )
+    return rows
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4g}"
