@@ -1,0 +1,26 @@
+"""Fault injection for end-to-end tests: loaded into a `stylize` subprocess through PYTHONPATH.
+
+STYLIZE_FAULTS is a JSON list of {"op": "write"|"read", "match": substring, "times": n, "error": text};
+the first n matching storage calls raise ConnectionError(text), as a flaky network would.
+"""
+
+import json
+import os
+
+_plan = json.loads(os.environ.get("STYLIZE_FAULTS") or "[]")
+
+if _plan:
+    from flows import storage
+
+    def _wrap(op, real):
+        def faulty(uri, *args, **kwargs):
+            for fault in _plan:
+                if fault["op"] == op and fault["match"] in uri and fault["times"] != 0:
+                    fault["times"] -= 1
+                    raise ConnectionError(fault.get("error", "injected fault"))
+            return real(uri, *args, **kwargs)
+
+        return faulty
+
+    storage.write_bytes = _wrap("write", storage.write_bytes)
+    storage.read_bytes = _wrap("read", storage.read_bytes)
