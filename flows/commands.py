@@ -93,6 +93,29 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     return _run_flow(retry_failed, args.runner, args.devices, report=args.report)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stylecore import weights
+    from stylecore.errors import WeightsMissing
+
+    from . import demo_images
+    from .manifest import load
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = root / "manifests" / "demo.yaml"
+    demo_images.export(root / "out" / "demo-inputs")
+    spec_model = load(str(manifest)).pairs[0].options.model
+    from stylecore.features import model_spec
+
+    try:
+        weights.resolve_default(model_spec(spec_model), allow_download=False)
+    except WeightsMissing:
+        print(f"fetching {spec_model} weights (once) ...", flush=True)
+        weights.fetch(spec_model)
+    return _run_flow(__import__("flows.pipeline", fromlist=["x"]).stylize_manifest, "local", args.devices, manifest=str(manifest), output=None)
+
+
 def register(commands) -> None:
     validate = commands.add_parser("validate", help="check a manifest and list its expanded pairs")
     validate.add_argument("manifest", metavar="MANIFEST", help="manifest YAML (path or URI)")
@@ -109,6 +132,10 @@ def register(commands) -> None:
     retry.add_argument("report", metavar="REPORT_URI", help=".../_runs/<run>/report.json")
     _runner_flags(retry)
     retry.set_defaults(handler=cmd_retry_failed)
+
+    demo = commands.add_parser("demo", help="run manifests/demo.yaml on scikit-image's sample pictures")
+    demo.add_argument("--devices", help="comma-separated devices (default: every GPU, else cpu)")
+    demo.set_defaults(handler=cmd_demo)
 
 
 def _runner_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,153 @@
+"""Manifest validation and expansion: every problem on its own line with file, line, field and value."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows import cli
+from flows.manifest import MAX_MANIFEST_BYTES, BadManifest, load
+
+from . import images as fixtures
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for name in ("photos/a.png", "photos/b.png", "styles/s1.jpg", "styles/s2.jpg"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(fixtures.rgb_png() if name.endswith(".png") else fixtures.jpeg())
+    return tmp_path
+
+
+def write(folder, text: str):
+    path = folder / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def problems(path: str) -> list[str]:
+    with pytest.raises(BadManifest) as caught:
+        load(path)
+    return caught.value.problems
+
+
+def test_expansion_globs_lists_ids_and_overrides(folder):
+    path = write(
+        folder,
+        "output: out\ndefaults: {size: 64, model: squeezenet1_1}\npairs:\n"
+        "  - {id: first, content: photos/a.png, style: styles/s1.jpg, iterations: 7}\n"
+        "  - {content: 'photos/*.png', style: [styles/s1.jpg, styles/s2.jpg]}\n",
+    )
+    loaded = load(path)
+    assert loaded.output == str(folder / "out")
+    assert [p.id for p in loaded.pairs] == ["first", "a-s1", "a-s2", "b-s1", "b-s2"]
+    assert loaded.pairs[0].options.iterations == 7 and loaded.pairs[1].options.iterations == 300
+    assert all(p.options.size == 64 and p.options.model == "squeezenet1_1" for p in loaded.pairs)
+    assert loaded.pairs[3].content == str(folder / "photos" / "b.png")
+    assert loaded.pairs[4].output == str(folder / "out" / "b-s2")
+    assert load(path).pairs == loaded.pairs  # deterministic
+
+
+def test_colliding_derived_ids_get_a_hash(folder):
+    (folder / "other").mkdir()
+    (folder / "other" / "a.png").write_bytes(fixtures.rgb_png())
+    path = write(folder, "output: out\npairs:\n  - {content: [photos/a.png, other/a.png], style: styles/s1.jpg}\n")
+    ids = [p.id for p in load(path).pairs]
+    assert len(set(ids)) == 2 and all(i.startswith("a-s1-") for i in ids)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("output: out\npairs: [\n", ["job.yaml:3: not valid YAML"]),
+        ("- just\n- a list\n", ["job.yaml:1: manifest: expected a mapping"]),
+        ("output: out\npairs: []\n", ["job.yaml:2: pairs: must be a non-empty list"]),
+        ("output: out\ncolour: blue\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: colour: unknown key; allowed: output, name, defaults"]),
+        ("output: out\ndefaults: {size: big}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults.size: Input should be a valid integer", "(got 'big')"]),
+        ("output: out\ndefaults: {tv_weight: .nan}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["defaults.tv_weight", "finite"]),
+        ("output: out\npairs:\n  - {content: photos/a.png, style: styles/s1.jpg, stlye: x}\n", ["job.yaml:3: pairs[0].stlye: unknown key; allowed: id, content, style, model"]),
+        ("output: out\npairs:\n  - {content: photos/nope.png, style: styles/s1.jpg}\n", ["job.yaml:3: pairs[0].content: missing input 'photos/nope.png'"]),
+        ("output: out\npairs:\n  - {content: 'photos/*.gif', style: styles/s1.jpg}\n", ["pairs[0].content: glob 'photos/*.gif' matches nothing"]),
+        ("output: out\npairs:\n  - {content: photos/a.png, style: [styles/s1.jpg, styles/gone.jpg]}\n", ["pairs[0].style[1]: missing input 'styles/gone.jpg'"]),
+        ("output: out\npairs:\n  - {id: x, content: photos/a.png, style: styles/s1.jpg}\n  - {id: x, content: photos/b.png, style: styles/s1.jpg}\n", ["job.yaml:4: pairs[1].id: duplicate id 'x' (first at pairs[0])"]),
+        ("output: out\npairs:\n  - {id: ../up, content: photos/a.png, style: styles/s1.jpg}\n", ["pairs[0].id: must be 1-128 of [a-z0-9._-]", "(got '../up')"]),
+        ("output: out\npairs:\n  - {id: a/b, content: photos/a.png, style: styles/s1.jpg}\n", ["pairs[0].id"]),
+        ("output: out\npairs:\n  - {id: _hidden, content: photos/a.png, style: styles/s1.jpg}\n", ["pairs[0].id"]),
+        ("output: out\npairs:\n  - {content: photos/a.png}\n", ["pairs[0].style: Field required"]),
+    ],
+)
+def test_each_problem_is_one_line_naming_where_and_what(folder, text, expected):
+    found = problems(write(folder, text))
+    assert any(all(part in p for part in expected) for p in found), found
+    assert all("\n" not in p and p.startswith(str(folder / "job.yaml")) for p in found)
+
+
+def test_every_problem_is_reported_at_once(folder):
+    text = (
+        "output: out\ncolour: blue\ndefaults: {model: vgg99}\npairs:\n"
+        "  - {id: x, content: photos/a.png, style: styles/s1.jpg, iterations: -1}\n"
+        "  - {id: x, content: photos/none.png, style: styles/s1.jpg}\n"
+    )
+    found = problems(write(folder, text))
+    assert len(found) == 5, found
+    assert [int(p.split(":")[1]) for p in found] == sorted(int(p.split(":")[1]) for p in found)
+
+
+def test_alias_bomb_is_refused(folder):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [*{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}, *{chr(96 + i)}]")
+    (found,) = problems(write(folder, "\n".join(lines) + "\noutput: out\npairs: []\n"))
+    assert "alias bomb" in found
+
+
+def test_oversized_manifest_is_refused(folder):
+    (found,) = problems(write(folder, "# " + "x" * MAX_MANIFEST_BYTES + "\n"))
+    assert "over the manifest limit" in found
+
+
+def test_yaml_is_loaded_safely(folder):
+    found = problems(write(folder, "output: !!python/object/apply:os.system ['echo owned']\npairs: []\n"))
+    assert any("not valid YAML" in p for p in found)
+
+
+def test_validate_command_prints_the_table_or_the_problems(folder, capsys):
+    good = write(folder, "output: out\npairs:\n  - {content: 'photos/*.png', style: styles/s1.jpg}\n")
+    assert cli.main(["validate", good]) == 0
+    out = capsys.readouterr().out
+    assert "a-s1" in out and "b-s1" in out and "2 pairs →" in out
+
+    bad = write(folder, "output: out\npairs:\n  - {content: photos/zzz.png, style: styles/s1.jpg, size: 0}\n")
+    assert cli.main(["validate", bad]) == 2
+    captured = capsys.readouterr()
+    assert "pairs[0].size: Input should be greater than or equal to 16 (got 0)" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_missing_manifest_is_one_line(capsys, tmp_path):
+    assert cli.main(["validate", str(tmp_path / "absent.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.yaml: not found" in err[0]
+
+
+def test_the_shipped_manifests_are_valid():
+    from pathlib import Path
+
+    from flows.manifest import parse_yaml
+
+    root = Path(__file__).resolve().parents[1] / "manifests"
+    for name in ("demo.yaml", "s3-example.yaml"):
+        data, _ = parse_yaml((root / name).read_text(), name)
+        from flows.manifest import Manifest
+
+        Manifest.model_validate(data)
+
+
+def test_schema_file_is_current():
+    import json
+    from pathlib import Path
+
+    from flows.manifest import json_schema
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "manifests" / "manifest.schema.json").read_text())
+    assert shipped == json_schema(), "run `make schema` to regenerate manifests/manifest.schema.json"
