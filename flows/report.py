@@ -113,7 +113,7 @@ def table_rows(report: dict) -> list[dict]:
                 "style loss": _fmt(final.get("style")),
                 "tv loss": _fmt(final.get("tv")),
                 "seconds": f"{p.get('seconds', 0):.1f}",
-                "output": (p.get("outputs") or {}).get("image", "") if p["status"] != "failed" else p.get("error", ""),
+                "output or reason": (p.get("outputs") or {}).get("image", "") if p["status"] != "failed" else p.get("error", ""),
             }
         )
     return rows
