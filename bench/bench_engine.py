@@ -8,6 +8,7 @@ Usage: python bench/bench_engine.py [--sizes 256 512] [--iterations 20] [--model
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stylecore import StyleOptions, images, stylize, weights  # noqa: E402
-from stylecore.engine import load_weights, make_plan  # noqa: E402
+from stylecore.engine import cpu_supports_bf16, load_weights, make_plan  # noqa: E402
 from stylecore.features import MODELS, Encoder  # noqa: E402
 
 import tutorial_baseline  # noqa: E402
@@ -74,27 +75,53 @@ def engine(model: str, loaded, size: int, iterations: int, precision: str):
     return (time.perf_counter() - began) / iterations, result.final.total
 
 
+def quality(model: str, loaded, size: int, iterations: int) -> tuple[float, float]:
+    """Total loss after a whole run in fp32 and in bf16: does autocast land where fp32 does?"""
+    content, style = inputs(size)
+    options = StyleOptions(model=model, size=size, iterations=iterations, device="cpu")
+    fp32 = stylize(content, style, options.merged({"precision": "fp32"}), weights=loaded).final.total
+    bf16 = stylize(content, style, options.merged({"precision": "bf16"}), weights=loaded).final.total
+    return fp32, bf16
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vgg16", "vgg19", "squeezenet1_1"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=10, help="iterations per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
+    parser.add_argument("--quality-iterations", type=int, default=100)
     args = parser.parse_args()
-    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16: {bf16}\n")
-    print("| model | weights | size | baseline s/it | engine fp32 s/it | engine bf16 s/it | fp32 speed-up | bf16 speed-up | bf16 final loss / fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    bf16 = cpu_supports_bf16()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16: {bf16}; "
+          f"median of {args.repeats} interleaved runs of {args.iterations} iterations\n")
+    print("| model | weights | size | baseline s/it | engine fp32 s/it | engine bf16 s/it | fp32 speed-up | bf16 speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
         loaded, label = weights_for(model)
         for size in args.sizes:
-            base_s, base_loss = baseline(model, loaded, size, args.iterations)
-            fp32_s, fp32_loss = engine(model, loaded, size, args.iterations, "fp32")
-            bf16_s, bf16_loss = engine(model, loaded, size, args.iterations, "bf16") if bf16 else (float("nan"), float("nan"))
+            samples: dict[str, list[float]] = {"base": [], "fp32": [], "bf16": []}
+            for _ in range(args.repeats):  # interleaved, so a busy moment hurts every column alike
+                samples["base"].append(baseline(model, loaded, size, args.iterations)[0])
+                samples["fp32"].append(engine(model, loaded, size, args.iterations, "fp32")[0])
+                if bf16:
+                    samples["bf16"].append(engine(model, loaded, size, args.iterations, "bf16")[0])
+            base_s, fp32_s = statistics.median(samples["base"]), statistics.median(samples["fp32"])
+            bf16_s = statistics.median(samples["bf16"]) if bf16 else float("nan")
             print(
                 f"| {model} | {label} | {size} | {base_s:.3f} | {fp32_s:.3f} | {bf16_s:.3f} | "
-                f"{base_s / fp32_s:.2f}× | {base_s / bf16_s:.2f}× | {bf16_loss / fp32_loss:.3f} |",
+                f"{base_s / fp32_s:.2f}× | {base_s / bf16_s:.2f}× |",
                 flush=True,
             )
+    if bf16 and args.quality_iterations:
+        print(f"\n| model | size | iterations | final loss fp32 | final loss bf16 | bf16 / fp32 |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for model in args.models:
+            loaded, label = weights_for(model)
+            if label.startswith("random"):
+                continue  # a loss on random features says nothing about quality
+            fp32, bf = quality(model, loaded, 256, args.quality_iterations)
+            print(f"| {model} | 256 | {args.quality_iterations} | {fp32:.5g} | {bf:.5g} | {bf / fp32:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -52,14 +52,23 @@ def _print_report(report: dict) -> int:
     return EXIT_OK
 
 
-def _run_flow(flow_fn, runner: str, devices_arg: str | None, **parameters) -> int:
+def _task_runner(runner: str, devices_arg: str | None, ray_address: str | None):
+    """Threads on this host, one per leased device; or Ray, which places each pair on a GPU (or CPU) of its cluster."""
+    if runner == "ray":
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=ray_address, init_kwargs={"log_to_driver": False, "include_dashboard": False})
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from . import devices
 
-    device_list = [d.strip() for d in devices_arg.split(",")] if devices_arg else devices.detect()
+    device_list = [d.strip() for d in devices_arg.split(",") if d.strip()] if devices_arg else devices.detect()
     pool = devices.configure(device_list)
-    configured = flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=pool.size))
+    return ThreadPoolTaskRunner(max_workers=pool.size)
+
+
+def _run_flow(flow_fn, runner: str, devices_arg: str | None, ray_address: str | None = None, **parameters) -> int:
+    configured = flow_fn.with_options(task_runner=_task_runner(runner, devices_arg, ray_address))
     state = configured(**parameters, runner=runner, return_state=True)
     try:
         report = state.result(raise_on_failure=False)
@@ -82,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_BAD_INPUT
-    return _run_flow(stylize_manifest, args.runner, args.devices, manifest=args.manifest, output=args.output)
+    return _run_flow(stylize_manifest, args.runner, args.devices, args.ray_address, manifest=args.manifest, output=args.output)
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
@@ -90,7 +99,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     from .pipeline import retry_failed
 
     storage.read_bytes(args.report)  # a missing report is one line, not a flow failure
-    return _run_flow(retry_failed, args.runner, args.devices, report=args.report)
+    return _run_flow(retry_failed, args.runner, args.devices, args.ray_address, report=args.report)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -116,6 +125,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_flow(__import__("flows.pipeline", fromlist=["x"]).stylize_manifest, "local", args.devices, manifest=str(manifest), output=None)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The one-command alternative to a work pool on a single host: this process runs the deployments."""
+    from prefect import serve
+
+    from .pipeline import retry_failed, stylize_manifest
+
+    nightly = stylize_manifest.to_deployment(
+        name="nightly", cron=args.cron, parameters={"manifest": args.manifest}, tags=["stylize", "nightly"]
+    )
+    ad_hoc = stylize_manifest.to_deployment(name="ad-hoc", tags=["stylize"])
+    retry = retry_failed.to_deployment(name="retry-failed", tags=["stylize", "retry"])
+    serve(nightly, ad_hoc, retry, limit=args.limit)
+    return EXIT_OK
+
+
 def register(commands) -> None:
     validate = commands.add_parser("validate", help="check a manifest and list its expanded pairs")
     validate.add_argument("manifest", metavar="MANIFEST", help="manifest YAML (path or URI)")
@@ -133,11 +157,21 @@ def register(commands) -> None:
     _runner_flags(retry)
     retry.set_defaults(handler=cmd_retry_failed)
 
+    serve = commands.add_parser("serve", help="serve the nightly, ad-hoc and retry-failed deployments from this process")
+    serve.add_argument("--manifest", required=True, help="the nightly deployment's manifest URI")
+    serve.add_argument("--cron", default="0 1 * * *", help="the nightly schedule [default: 01:00 every day]")
+    serve.add_argument("--limit", type=int, default=1, help="flow runs at a time in this process [default: 1]")
+    serve.set_defaults(handler=cmd_serve)
+
     demo = commands.add_parser("demo", help="run manifests/demo.yaml on scikit-image's sample pictures")
     demo.add_argument("--devices", help="comma-separated devices (default: every GPU, else cpu)")
     demo.set_defaults(handler=cmd_demo)
 
 
 def _runner_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runner", choices=["local"], default="local", help="where pair tasks run")
-    parser.add_argument("--devices", help="comma-separated devices to lease to pair tasks (default: every GPU, else cpu)")
+    parser.add_argument(
+        "--runner", choices=["local", "ray"], default="local",
+        help="local: threads on this host, one pair per device; ray: pairs spread over a Ray cluster [default: local]",
+    )
+    parser.add_argument("--devices", help="local runner: comma-separated devices to lease (default: every GPU, else cpu)")
+    parser.add_argument("--ray-address", help="ray runner: the cluster's address, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, else a local Ray)")

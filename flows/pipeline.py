@@ -6,6 +6,7 @@ what an operator sees), device leases, fingerprints for resume, and the report.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -241,7 +242,8 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
     retries = loaded.manifest.retries
     task = stylize_pair.with_options(retries=retries, retry_delay_seconds=loaded.manifest.retry_delay_seconds)
     logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
-    futures = [task.submit(pair, runner=runner, retries=retries) for pair in pairs]
+    with _placement(runner):
+        futures = [task.submit(pair, runner=runner, retries=retries) for pair in pairs]
     wait(futures)
     outcomes = list(extra_failures)
     for pair, future in zip(pairs, futures):
@@ -251,6 +253,17 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
         else:
             outcomes.append(PairOutcome(pair.id, "failed", pair.content, pair.style, error=state.message or state.name))
     return write_report(loaded, outcomes, time.perf_counter() - began)
+
+
+def _placement(runner: str):
+    """On Ray, each pair task asks for one GPU where the cluster has GPUs, else for one CPU."""
+    if runner != "ray":
+        return contextlib.nullcontext()
+    import ray
+    from prefect_ray.context import remote_options
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return remote_options(num_gpus=1) if gpus else remote_options(num_cpus=1)
 
 
 def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: float) -> dict:

@@ -11,7 +11,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,14 +177,20 @@ def load_weights(options: StyleOptions) -> weights_mod.LoadedWeights:
     return loaded
 
 
-def load_encoder(spec: ModelSpec, loaded: weights_mod.LoadedWeights, layers: tuple[str, ...], device: torch.device) -> Encoder:
-    key = (spec.name, loaded.sha256, loaded.preprocessing, tuple(sorted(set(layers))), str(device))
+def load_encoder(
+    spec: ModelSpec,
+    loaded: weights_mod.LoadedWeights,
+    layers: tuple[str, ...],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> Encoder:
+    key = (spec.name, loaded.sha256, loaded.preprocessing, tuple(sorted(set(layers))), str(device), dtype)
     with _cache_lock:
         encoder = _encoder_cache.get(key)
         if encoder is None:
             features = spec.build()
             weights_mod.install_state_dict(spec, features, loaded)
-            encoder = Encoder(spec, features, loaded.preprocessing, layers).to(device)
+            encoder = Encoder(spec, features, loaded.preprocessing, layers, compute_dtype=dtype).to(device)
             encoder = encoder.to(memory_format=torch.channels_last)
             _encoder_cache[key] = encoder
     return encoder
@@ -214,18 +219,12 @@ class _Best:
 class _Targets:
     """What the image is pulled toward: computed once, before the first iteration."""
 
-    def __init__(self, encoder: Encoder, plan: Plan, content: Tensor, style: Tensor, autocast):
-        with torch.no_grad(), autocast():
+    def __init__(self, encoder: Encoder, plan: Plan, content: Tensor, style: Tensor):
+        with torch.no_grad():
             content_feats = encoder(content)
             style_feats = encoder(style)
         self.content = content_feats[plan.content_layer].float()
         self.grams = [gram_matrix(style_feats[layer].float()) for layer in plan.style_layers]
-
-
-def _autocast_for(plan: Plan):
-    if plan.precision == "bf16":
-        return lambda: torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16)
-    return nullcontext
 
 
 def stylize(
@@ -246,11 +245,11 @@ def stylize(
     if options.preprocessing and options.preprocessing != loaded.preprocessing:
         loaded = weights_mod.LoadedWeights(loaded.state_dict, loaded.sha256, options.preprocessing, loaded.source)
     plan = make_plan(options, loaded.preprocessing, content.shape[-2] * content.shape[-1], device)
-    encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device)
-    autocast = _autocast_for(plan)
+    dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float32
+    encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, dtype)
 
     content, style = content.to(device), style.to(device)
-    targets = _Targets(encoder, plan, content, style, autocast)
+    targets = _Targets(encoder, plan, content, style)
 
     if options.init == "content":
         start = content.clone()
@@ -269,9 +268,7 @@ def stylize(
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             pixels.clamp_(0, 1)
-        with autocast():
-            feats = encoder(pixels)
-        feats = {name: value.float() for name, value in feats.items()}
+        feats = {name: value.float() for name, value in encoder(pixels).items()}  # losses in fp32
         c = content_loss(plan.content_weight, feats[plan.content_layer], targets.content)
         s = style_loss(feats, plan.style_layers, targets.grams, plan.style_weights)
         t = tv_loss(pixels, plan.tv_weight)

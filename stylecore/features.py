@@ -132,7 +132,14 @@ def model_spec(name: str) -> ModelSpec:
 class Encoder(nn.Module):
     """A frozen feature stack that returns the named layers' activations for [0, 1] RGB input."""
 
-    def __init__(self, spec: ModelSpec, features: nn.Sequential, preprocessing: str, layers: Iterable[str]):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        features: nn.Sequential,
+        preprocessing: str,
+        layers: Iterable[str],
+        compute_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         wanted = sorted({spec.index_of(layer) for layer in layers})
         if not wanted:
@@ -144,7 +151,10 @@ class Encoder(nn.Module):
         for module in body.modules():
             if isinstance(module, nn.ReLU):
                 module.inplace = False  # a tapped conv output must survive the ReLU after it
-        self.body = body.eval().requires_grad_(False)
+        # bf16 weights are stored once rather than cast on every forward, as autocast would do for
+        # parameters that need no gradient; preprocessing stays fp32 so the input loses nothing before the cast.
+        self.compute_dtype = compute_dtype
+        self.body = body.eval().requires_grad_(False).to(compute_dtype)
         if preprocessing == "caffe":  # x·255 − mean₂₅₅  ==  (x − mean₂₅₅/255) / (1/255)
             mean, std = torch.tensor(CAFFE_MEAN_255) / 255.0, torch.full((3,), 1.0 / 255.0)
         elif preprocessing == "torchvision":
@@ -158,7 +168,7 @@ class Encoder(nn.Module):
         return (pixels - self.mean) / self.std
 
     def forward(self, pixels: Tensor) -> dict[str, Tensor]:
-        x = self.normalize(pixels).contiguous(memory_format=torch.channels_last)
+        x = self.normalize(pixels).to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
         out: dict[str, Tensor] = {}
         for index, module in enumerate(self.body):
             x = module(x)

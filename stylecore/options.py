@@ -50,7 +50,7 @@ class StyleOptions(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast for the network (Gram matrices and losses stay fp32); auto: where measured faster."
+        "auto", description="bf16 network (preprocessing, Gram matrices and losses stay fp32); auto: where measured faster."
     )
 
     @field_validator("content_layer", mode="before")

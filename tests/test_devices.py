@@ -1,0 +1,102 @@
+"""Device leasing: one pair per GPU at a time, never two on one device; tested with a fake device list."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flows import devices
+
+
+def test_pool_never_lends_a_device_twice():
+    pool = devices.DevicePool(["cuda:0", "cuda:1", "cuda:2"])
+    in_use: set[str] = set()
+    peak = [0]
+    lock = threading.Lock()
+    problems = []
+
+    def job():
+        with pool.lease() as device:
+            with lock:
+                if device in in_use:
+                    problems.append(device)
+                in_use.add(device)
+                peak[0] = max(peak[0], len(in_use))
+            time.sleep(0.02)
+            with lock:
+                in_use.discard(device)
+
+    threads = [threading.Thread(target=job) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert peak[0] == 3
+
+
+def test_detect_on_a_cpu_host(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.detect() == ["cpu"]
+    assert devices.detect("cpu") == ["cpu"]
+
+
+def test_detect_lists_every_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert devices.detect() == ["cuda:0", "cuda:1", "cuda:2"]
+    assert devices.detect("auto", tasks_per_gpu=2) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:2", "cuda:2"]
+
+
+def test_empty_pool_is_refused():
+    with pytest.raises(ValueError):
+        devices.DevicePool([])
+
+
+@pytest.mark.slow
+def test_the_flow_runs_one_pair_per_fake_gpu(tmp_path, prefect_api, squeezenet_weights, monkeypatch):
+    """Two fake GPUs, four pairs: two run at once, each on its own device, and meta.json says which."""
+    import json
+
+    from flows import commands, pipeline
+    from stylecore import engine
+
+    from .test_pipeline import small_png
+
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.png").write_bytes(small_png("tubingen.jpg"))
+    (tmp_path / "style.png").write_bytes(small_png("starry_night.jpg"))
+    (tmp_path / "job.yaml").write_text(
+        f"output: out\ndefaults: {{model: squeezenet1_1, weights: {squeezenet_weights}, size: 32, iterations: 3}}\n"
+        "pairs:\n  - {content: '?.png', style: style.png}\n"
+    )
+    spans: list[tuple[str, float, float]] = []
+    real_stylize = engine.stylize
+
+    def on_fake_gpu(content, style, options, on_iteration=None, weights=None):
+        began = time.monotonic()
+        result = real_stylize(content, style, options.merged({"device": "cpu"}), on_iteration, weights)
+        time.sleep(0.5)  # long enough for overlaps to show
+        spans.append((options.device, began, time.monotonic()))
+        result.plan = type(result.plan)(**{**result.plan.__dict__, "device": options.device})
+        return result
+
+    monkeypatch.setattr(pipeline, "stylize", on_fake_gpu)
+    assert commands._run_flow(pipeline.stylize_manifest, "local", "cuda:0,cuda:1", manifest=str(tmp_path / "job.yaml")) == 0
+    assert sorted(d for d, _, _ in spans) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    for device in ("cuda:0", "cuda:1"):
+        mine = sorted((b, e) for d, b, e in spans if d == device)
+        assert mine[0][1] <= mine[1][0], f"two pairs overlapped on {device}"
+    overlapping = any(b1 < e2 and b2 < e1 for (d1, b1, e1) in spans for (d2, b2, e2) in spans if d1 != d2)
+    assert overlapping, "the two devices never worked at the same time"
+    metas = [json.loads((tmp_path / "out" / f"{n}-style" / "meta.json").read_text()) for n in "abcd"]
+    assert sorted(m["worker"]["device"] for m in metas) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    (run_dir,) = (tmp_path / "out" / "_runs").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["device_seconds"]) == {"cuda:0", "cuda:1"}
