@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 
 from stylecore import weights as weights_mod
 from stylecore.engine import IterationRecord, load_weights
@@ -23,8 +24,16 @@ def losses_csv(history: list[IterationRecord]) -> bytes:
     return buffer.getvalue().encode()
 
 
+_MATPLOTLIB = threading.Lock()  # its text layout shares font caches: pairs on two devices must take turns
+
+
 def losses_png(history: list[IterationRecord], title: str = "") -> bytes:
     """Loss curves on a log scale; the four terms on one axis so their balance is visible."""
+    with _MATPLOTLIB:
+        return _plot(history, title)
+
+
+def _plot(history: list[IterationRecord], title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -219,6 +219,7 @@ def stylize_pair(pair: PairSpec, runner: str = "local", retries: int = 0) -> dic
             logger.error("%s: %s (gave up after %d attempt%s)", pair.id, reason, attempt, "s" * (attempt > 1))
             return Failed(message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
         logger.warning("%s: %s (attempt %d of %d, will retry)", pair.id, reason, attempt, retries + 1)
+        logger.debug("%s: traceback of attempt %d", pair.id, attempt, exc_info=True)
         raise
 
 

@@ -72,6 +72,10 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(job, prefect_api, tmp
 
 
 def test_stylize_serve_runs_a_triggered_deployment(job, prefect_api, tmp_path):
+    # serve and a work pool are alternatives: a host that serves starts from deployments of its own
+    # (re-registering a pool deployment's name as a served one leaves the pool's storage settings behind).
+    for name in ("stylize-manifest/nightly", "stylize-manifest/ad-hoc", "stylize-retry-failed/retry-failed"):
+        prefect("deployment", "delete", name, check=False)
     serve = background(
         str(BIN / "stylize"), "serve", "--manifest", str(job / "job.yaml"), "--cron", "0 1 * * *", log=tmp_path / "serve.log"
     )
