@@ -12,7 +12,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export STYLIZE_CACHE ?= $(CACHE)/stylize
 
-.PHONY: setup demo test test-fast bench schema clean
+.PHONY: setup system-deps demo test test-fast bench schema clean
 
 setup: $(STAMP)
 
@@ -22,10 +22,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,ray]'
 	@touch $(STAMP)
 
+# Debian packages the tests need: PostgreSQL, for the Prefect-on-PostgreSQL test.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else \
+			echo "PostgreSQL is not installed and cannot be installed here; its test will be skipped"; \
+		fi; \
+	fi
+
 demo: setup
 	$(VENV)/bin/stylize demo
 
-test: setup
+test: setup system-deps
 	$(PY) -m pytest -ra
 
 test-fast: setup
