@@ -147,6 +147,8 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
             iterations=previous.get("iterations", 0), device=previous.get("worker", {}).get("device"),
         )
 
+    if storage.remove_temporaries(pair.output):
+        logger.info("%s: removed temporary files a stopped run left behind", pair.id)
     content = images.load(content_bytes, pair.options.size, name=pair.content)
     style = images.load(style_bytes, pair.options.style_size or pair.options.size, name=pair.style)
     with devices.pool().lease() as device:

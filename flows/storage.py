@@ -95,7 +95,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             return
         target = Path(_local(uri))
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
@@ -106,6 +106,20 @@ def write_bytes(uri: str, data: bytes) -> None:
             temporary.unlink(missing_ok=True)
     except PermissionError as exc:
         raise _translate(uri, exc) from None
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def remove_temporaries(folder: str) -> int:
+    """Delete what a killed writer left in `folder` (hidden `.name.<id>.tmp` files); S3 leaves none."""
+    if is_remote(folder):
+        return 0
+    removed = 0
+    for leftover in Path(_local(folder)).glob(f".*{TEMPORARY_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def glob(pattern: str) -> list[str]:

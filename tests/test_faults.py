@@ -1,0 +1,131 @@
+"""Faults lose nothing: SIGKILL at random points, then a re-run; no secret ever leaks into what a run leaves."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flows import storage
+
+from .conftest import ROOT
+from .test_pipeline import put, run_cli, small_png
+
+pytestmark = pytest.mark.slow
+
+PAIRS = ["tubingen-starry_night", "tubingen-the_scream", "composition_vii-starry_night", "composition_vii-the_scream"]
+
+
+def make_job(folder: Path, weights: Path, output: str = "out") -> Path:
+    (folder / "c").mkdir(parents=True, exist_ok=True)
+    (folder / "s").mkdir(exist_ok=True)
+    (folder / "c" / "tubingen.png").write_bytes(small_png("tubingen.jpg"))
+    (folder / "c" / "composition_vii.png").write_bytes(small_png("composition_vii.jpg"))
+    (folder / "s" / "starry_night.png").write_bytes(small_png("starry_night.jpg"))
+    (folder / "s" / "the_scream.png").write_bytes(small_png("the_scream.jpg"))
+    manifest = folder / "job.yaml"
+    manifest.write_text(
+        f"output: {output}\ndefaults: {{model: squeezenet1_1, weights: {weights}, size: 64, iterations: 40}}\n"
+        "pairs:\n  - {content: 'c/*.png', style: 's/*.png'}\n"
+    )
+    return manifest
+
+
+def loss_columns(path: Path) -> list[list[str]]:
+    """losses.csv without its wall-clock column: the part that must be reproducible."""
+    return [row[:-1] for row in csv.reader(open(path))]
+
+
+def assert_nothing_half_written(out: Path) -> None:
+    for pair_dir in (p for p in out.iterdir() if p.is_dir() and p.name != "_runs"):
+        for path in pair_dir.iterdir():
+            assert not path.name.startswith("."), f"temporary file {path} visible after the re-run"
+        if (pair_dir / "stylized.png").exists():
+            Image.open(pair_dir / "stylized.png").load()  # complete, or it would not decode
+        if (pair_dir / "meta.json").exists():
+            meta = json.loads((pair_dir / "meta.json").read_text())
+            for name in ("stylized.png", "losses.csv", "losses.png"):
+                assert (pair_dir / name).exists(), f"{pair_dir.name}: meta.json says done but {name} is missing"
+            assert meta["status"] == "completed"
+
+
+def test_sigkill_at_ten_random_points_loses_nothing(tmp_path, prefect_api, squeezenet_weights):
+    reference = make_job(tmp_path / "reference", squeezenet_weights)
+    began = time.monotonic()
+    code, _, err = run_cli("run", str(reference))
+    assert code == 0, err[-2000:]
+    duration = time.monotonic() - began
+
+    job = make_job(tmp_path / "killed", squeezenet_weights)
+    out = tmp_path / "killed" / "out"
+    rng = random.Random(20261127)
+    for _ in range(10):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", str(job)], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.3 * duration, 1.0 * duration))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if out.exists():
+            for pair_dir in out.iterdir():  # a killed run may leave hidden temporaries, never a partial final file
+                if (pair_dir / "stylized.png").exists():
+                    Image.open(pair_dir / "stylized.png").load()
+    code, stdout, err = run_cli("run", str(job))
+    assert code == 0, err[-2000:]
+    assert_nothing_half_written(out)
+    for pair in PAIRS:
+        done, ref = out / pair, tmp_path / "reference" / "out" / pair
+        assert (done / "stylized.png").read_bytes() == (ref / "stylized.png").read_bytes(), pair
+        assert loss_columns(done / "losses.csv") == loss_columns(ref / "losses.csv"), pair
+
+
+def test_no_secret_reaches_outputs_logs_or_the_dashboard(tmp_path, s3_bucket, prefect_api, squeezenet_weights):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+    key_id, secret = "AKIASTYLIZETEST7F3A", "stylize-test-secret-7f3a9c0d1e2b"
+    for name, source in (("c/a.png", "tubingen.jpg"), ("s/b.png", "starry_night.jpg")):
+        put(s3_bucket, f"job/{name}", small_png(source))
+    broken = put(s3_bucket, "job/s/broken.png", b"\x89PNG broken")
+    manifest = put(
+        s3_bucket, "job/m.yaml",
+        f"output: out\ndefaults: {{model: squeezenet1_1, weights: {squeezenet_weights}, size: 32, iterations: 3}}\n"
+        "pairs:\n  - {content: c/a.png, style: [s/b.png, s/broken.png]}\n".encode(),
+    )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", manifest], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]  # the broken pair fails, with a reason
+    assert broken.rsplit("/", 1)[-1] in done.stderr + done.stdout
+
+    texts = [done.stdout, done.stderr]
+    fs = storage.filesystem(manifest)
+    fs.invalidate_cache()
+    for key in fs.find(f"{s3_bucket}/job/out"):
+        texts.append(fs.cat_file(key).decode("latin-1"))
+    report_key = next(k for k in fs.find(f"{s3_bucket}/job/out") if k.endswith("report.json"))
+    flow_run_id = json.loads(fs.cat_file(report_key))["flow_run_id"]
+
+    async def from_the_server():
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            flow_run = await client.read_flow_run(flow_run_id)
+            return [l.message for l in logs] + [str(a.data) for a in artifacts] + [json.dumps(flow_run.parameters), str(flow_run.state)]
+
+    server_texts = asyncio.run(from_the_server())
+    assert len(server_texts) > 5
+    for text in texts + server_texts:
+        assert secret not in text and key_id not in text
