@@ -114,7 +114,7 @@ def main() -> None:
                 flush=True,
             )
     if bf16 and args.quality_iterations:
-        print(f"\n| model | size | iterations | final loss fp32 | final loss bf16 | bf16 / fp32 |")
+        print("\n| model | size | iterations | final loss fp32 | final loss bf16 | bf16 / fp32 |")
         print("|---|---:|---:|---:|---:|---:|")
         for model in args.models:
             loaded, label = weights_for(model)

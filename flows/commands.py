@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stylecore.errors import StyleError
 
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_BAD_INPUT = 0, 1, 2
 

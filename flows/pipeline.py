@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.runtime import flow_run, task_run
@@ -29,13 +28,12 @@ from prefect.states import Completed, Failed
 
 import stylecore
 from stylecore import images
-from stylecore.engine import IterationRecord, stylize
+from stylecore.engine import stylize
 from stylecore.errors import StyleError
 
 from . import devices, outputs, report as report_mod, storage
+from .progress import ProgressReporter
 from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
-
-PROGRESS_STEPS = 10  # a progress update (artifact and log line) every 10% of a pair's iterations
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
@@ -100,29 +98,6 @@ def output_uris(pair: PairSpec) -> dict[str, str]:
     return {key: pair.uri(name) for key, name in OUTPUT_NAMES.items()}
 
 
-class ProgressReporter:
-    """Turns the engine's per-iteration callback into a progress artifact and log lines, every 10%."""
-
-    def __init__(self, pair: PairSpec, logger):
-        self.pair, self.logger = pair, logger
-        self.total = pair.options.iterations
-        self.every = max(1, self.total // PROGRESS_STEPS)
-        key = "progress-" + re.sub(r"[^a-z0-9-]+", "-", pair.id)[:100].strip("-")
-        self.artifact = create_progress_artifact(0.0, key=key, description=f"Stylising {pair.id}")
-
-    def __call__(self, record: IterationRecord) -> None:
-        if record.iteration % self.every and record.iteration != self.total:
-            return
-        update_progress_artifact(self.artifact, 100.0 * record.iteration / self.total)
-        self.logger.info(
-            "%s: %d/%d iterations, content %.4g, style %.4g, tv %.4g, total %.4g (%.1f s)",
-            self.pair.id, record.iteration, self.total, record.content, record.style, record.tv, record.total, record.seconds,
-        )
-
-    def done(self) -> None:
-        update_progress_artifact(self.artifact, 100.0)
-
-
 def _read_meta(uri: str) -> dict | None:
     try:
         return json.loads(storage.read_bytes(uri))
@@ -153,7 +128,7 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
     style = images.load(style_bytes, pair.options.style_size or pair.options.size, name=pair.style)
     with devices.pool().lease() as device:
         options = pair.options if pair.options.device != "auto" else pair.options.merged({"device": device})
-        reporter = ProgressReporter(pair, logger)
+        reporter = ProgressReporter(pair.id, pair.options.iterations, logger)
         result = stylize(content, style, options, on_iteration=reporter, weights=loaded_weights)
     final = {k: getattr(result.final, k) for k in ("content", "style", "tv", "total")}
 

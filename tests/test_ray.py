@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, free_port
+from .conftest import free_port
 from .test_pipeline import run_cli, small_png
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,5 @@
 """Weights: round trip, hashes, preprocessing by identity, the offline VGG16 conversion, clear errors."""
 
-import io
 import zipfile
 
 import numpy as np
