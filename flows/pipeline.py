@@ -66,6 +66,7 @@ def fingerprint(content_sha: str, style_sha: str, pair: PairSpec, weights_sha: s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+@lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     names = ("stylize", "torch", "torchvision", "prefect", "pillow", "s3fs", "fsspec")
     return {"python": platform.python_version(), **{n: _version(n) for n in names}}
@@ -143,7 +144,7 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
         "options": pair.options.model_dump(mode="json"),
         "resolved": result.plan.as_dict(),
         "weights": {"sha256": loaded_weights.sha256, "source": loaded_weights.source, "preprocessing": loaded_weights.preprocessing},
-        "versions": versions(),
+        "versions": dict(versions()),
         "code_version": code_version(),
         "runner": runner,
         "worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(result.plan.device)},
