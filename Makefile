@@ -43,6 +43,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_orchestration.py --pairs 500
 
 schema: setup
 	$(PY) -m flows.manifest > manifests/manifest.schema.json

@@ -128,3 +128,111 @@ def test_no_secret_reaches_outputs_logs_or_the_dashboard(tmp_path, s3_bucket, pr
     assert len(server_texts) > 5
     for text in texts + server_texts:
         assert secret not in text and key_id not in text
+
+
+@pytest.fixture
+def own_s3(s3_endpoint):
+    """A second moto server on a port of its own, which a test may stop and start again: moto keeps its
+    buckets in this process, so they survive the restart, as a real store's objects survive an outage."""
+    from moto.server import ThreadedMotoServer
+
+    from .conftest import free_port
+
+    port = free_port()
+    state = {"server": ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)}
+    state["server"].start()
+
+    def down():
+        state["server"].stop()
+
+    def up():
+        state["server"] = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        state["server"].start()
+
+    yield {"endpoint": f"http://127.0.0.1:{port}", "down": down, "up": up}
+    try:
+        state["server"].stop()
+    except Exception:
+        pass
+
+
+def _s3_job(bucket: str, weights: Path, delays: str) -> str:
+    for name, source in (("c/a.png", "tubingen.jpg"), ("c/b.png", "composition_vii.jpg"), ("s/x.png", "starry_night.jpg")):
+        put(bucket, f"outage/{name}", small_png(source))
+    return put(
+        bucket, "outage/job.yaml",
+        f"output: out\nretries: 3\nretry_delay_seconds: {delays}\n"
+        f"defaults: {{model: squeezenet1_1, weights: {weights}, size: 48, iterations: 60}}\n"
+        "pairs:\n  - {content: 'c/*.png', style: [s/x.png]}\n  - {id: third, content: c/a.png, style: c/b.png}\n".encode(),
+    )
+
+
+class _Run:
+    """`stylize ARGS` in the background, its output in files (a pipe nobody reads can block a chatty process)."""
+
+    def __init__(self, args: list[str], endpoint: str, folder: Path):
+        env = {**os.environ, "AWS_ENDPOINT_URL_S3": endpoint}
+        self.out, self.err = open(folder / f"{args[0]}.out", "w+"), open(folder / f"{args[0]}.err", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, stdout=self.out, stderr=self.err, start_new_session=True
+        )
+
+    def poll(self):
+        return self.process.poll()
+
+    def communicate(self, timeout: float) -> tuple[str, str]:
+        self.process.wait(timeout=timeout)
+        self.out.seek(0), self.err.seek(0)
+        return self.out.read(), self.err.read()
+
+    @property
+    def returncode(self) -> int:
+        return self.process.returncode
+
+
+def _start(args: list[str], endpoint: str, folder: Path) -> _Run:
+    return _Run(args, endpoint, folder)
+
+
+def _wait_for_first_pair(bucket: str, process: _Run, timeout: float = 300) -> None:
+    fs = storage.filesystem(f"s3://{bucket}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fs.invalidate_cache()
+        if fs.glob(f"{bucket}/outage/out/*/meta.json"):
+            return
+        assert process.poll() is None, process.communicate(10)
+        time.sleep(0.2)
+    raise TimeoutError("no pair finished")
+
+
+def test_a_short_s3_outage_is_ridden_out(tmp_path, s3_bucket, own_s3, prefect_api, squeezenet_weights):
+    manifest = _s3_job(s3_bucket, squeezenet_weights, "[3, 5, 5]")
+    process = _start(["run", manifest], own_s3["endpoint"], tmp_path)
+    _wait_for_first_pair(s3_bucket, process)
+    own_s3["down"]()
+    time.sleep(4)
+    own_s3["up"]()
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    assert "3 completed, 0 skipped, 0 failed" in out
+
+
+def test_a_long_s3_outage_fails_pairs_clearly_and_retry_failed_completes_them(tmp_path, s3_bucket, own_s3, prefect_api, squeezenet_weights):
+    manifest = _s3_job(s3_bucket, squeezenet_weights, "[0.5]")
+    process = _start(["run", manifest], own_s3["endpoint"], tmp_path)
+    _wait_for_first_pair(s3_bucket, process)
+    own_s3["down"]()
+    out, err = process.communicate(timeout=900)
+    own_s3["up"]()
+    assert process.returncode == 1, err[-3000:]
+    assert "Traceback" not in out
+    failed_lines = [line for line in out.splitlines() if " failed " in line and "attempts)" in line]
+    assert failed_lines, out
+    report_line = next(line for line in out.splitlines() if "report: " in line)
+    report = report_line.rsplit("report: ", 1)[1].strip()
+    assert not report.startswith("s3://")  # the store was down: the report was kept locally
+    process = _start(["retry-failed", report], own_s3["endpoint"], tmp_path)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    assert f"{len(failed_lines)} completed, 0 skipped, 0 failed" in out

@@ -1,7 +1,8 @@
 """Fault injection for end-to-end tests: loaded into a `stylize` subprocess through PYTHONPATH.
 
-STYLIZE_FAULTS is a JSON list of {"op": "write"|"read", "match": substring, "times": n, "error": text};
-the first n matching storage calls raise ConnectionError(text), as a flaky network would.
+STYLIZE_FAULTS is a JSON list of {"op": "write"|"read"|"oom", "match": substring, "times": n, "error": text}:
+the first n matching storage calls raise ConnectionError(text), as a flaky network would; "oom" makes
+the first n optimisations whose content URI matches raise torch.cuda.OutOfMemoryError, as a full GPU would.
 """
 
 import json
@@ -24,3 +25,19 @@ if _plan:
 
     storage.write_bytes = _wrap("write", storage.write_bytes)
     storage.read_bytes = _wrap("read", storage.read_bytes)
+
+    if any(f["op"] == "oom" for f in _plan):
+        import torch
+
+        from flows import pipeline
+
+        real_stylize = pipeline.stylize
+
+        def out_of_memory(content, style, options, *args, **kwargs):
+            for fault in _plan:
+                if fault["op"] == "oom" and fault["times"] != 0:
+                    fault["times"] -= 1
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            return real_stylize(content, style, options, *args, **kwargs)
+
+        pipeline.stylize = out_of_memory
