@@ -56,6 +56,7 @@ def assert_job_done(job: Path) -> None:
 
 def test_prefect_yaml_deploys_and_a_process_worker_runs_it(job, prefect_api, tmp_path):
     prefect("work-pool", "create", "stylize-local", "--type", "process", "--overwrite")
+    prefect("work-pool", "set-concurrency-limit", "stylize-local", "1")  # the run book's concurrency step
     done = prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
     for name in ("stylize-manifest/nightly", "stylize-manifest/ad-hoc", "stylize-retry-failed/retry-failed"):
         assert name in done.stdout
@@ -67,6 +68,8 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(job, prefect_api, tmp
     finally:
         stop(worker)
     assert_job_done(job)
+    listed = prefect("flow-run", "ls", "--limit", "5").stdout  # the run book's "watch" step
+    assert "stylize-manifest" in listed or "job-" in listed
 
 
 def test_stylize_serve_runs_a_triggered_deployment(job, prefect_api, tmp_path):
