@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, stop
-from .test_pipeline import PAIRS, manifest_text, small_png
+from .test_pipeline import lay_out_job
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +27,7 @@ def prefect(*args, timeout=300, check=True):
 
 @pytest.fixture
 def job(tmp_path, squeezenet_weights):
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "styles").mkdir()
-    (tmp_path / "photos" / "tubingen.png").write_bytes(small_png("tubingen.jpg"))
-    (tmp_path / "styles" / "starry_night.png").write_bytes(small_png("starry_night.jpg"))
-    (tmp_path / "styles" / "the_scream.png").write_bytes(small_png("the_scream.jpg"))
-    (tmp_path / "job.yaml").write_text(manifest_text("out", PAIRS, squeezenet_weights))
-    return tmp_path
+    return lay_out_job(tmp_path, squeezenet_weights)
 
 
 def background(*command, log: Path) -> subprocess.Popen:

@@ -46,15 +46,20 @@ PAIRS = """  - id: tubingen-starry
 """
 
 
+def lay_out_job(folder: Path, weights) -> Path:
+    """photos/tubingen.png, styles/{starry_night,the_scream}.png and job.yaml (the two PAIRS) in `folder`."""
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    (folder / "styles").mkdir(exist_ok=True)
+    (folder / "photos" / "tubingen.png").write_bytes(small_png("tubingen.jpg"))
+    (folder / "styles" / "starry_night.png").write_bytes(small_png("starry_night.jpg"))
+    (folder / "styles" / "the_scream.png").write_bytes(small_png("the_scream.jpg"))
+    (folder / "job.yaml").write_text(manifest_text("out", PAIRS, weights))
+    return folder
+
+
 @pytest.fixture
 def workspace(tmp_path, squeezenet_weights):
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "styles").mkdir()
-    (tmp_path / "photos" / "tubingen.png").write_bytes(small_png("tubingen.jpg"))
-    (tmp_path / "styles" / "starry_night.png").write_bytes(small_png("starry_night.jpg"))
-    (tmp_path / "styles" / "the_scream.png").write_bytes(small_png("the_scream.jpg"))
-    (tmp_path / "job.yaml").write_text(manifest_text("out", PAIRS, squeezenet_weights))
-    return tmp_path
+    return lay_out_job(tmp_path, squeezenet_weights)
 
 
 def run_cli(*args, faults: list | None = None) -> tuple[int, str, str]:

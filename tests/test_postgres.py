@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, free_port, stop, wait_for_http
-from .test_pipeline import PAIRS, manifest_text, small_png
+from .test_pipeline import lay_out_job
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +69,7 @@ def test_a_manifest_runs_through_a_prefect_server_on_postgres(postgres, tmp_path
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/api/health", 180, server)
-        (tmp_path / "photos").mkdir()
-        (tmp_path / "styles").mkdir()
-        (tmp_path / "photos" / "tubingen.png").write_bytes(small_png("tubingen.jpg"))
-        (tmp_path / "styles" / "starry_night.png").write_bytes(small_png("starry_night.jpg"))
-        (tmp_path / "styles" / "the_scream.png").write_bytes(small_png("the_scream.jpg"))
-        (tmp_path / "job.yaml").write_text(manifest_text("out", PAIRS, squeezenet_weights))
+        lay_out_job(tmp_path, squeezenet_weights)
         client_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
         client_env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         done = subprocess.run(
