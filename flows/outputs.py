@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -94,10 +95,18 @@ def _nice_ticks(last: int, count: int = 6) -> list[int]:
     return [1] + list(range(step, last + 1, step)) if step > 1 else list(range(1, last + 1))
 
 
+_remote_weights: dict[tuple, weights_mod.LoadedWeights] = {}
+_remote_lock = threading.Lock()
+
+
 def weights_for(options: StyleOptions) -> weights_mod.LoadedWeights:
-    """Weights named by a local path or a storage URI, or the model's default."""
-    if options.weights and storage.is_remote(options.weights):
-        return weights_mod.load_weights_bytes(
-            storage.read_bytes(options.weights), options.weights, options.preprocessing
-        )
-    return load_weights(options)
+    """Weights named by a local path or a storage URI, or the model's default; read once per process
+    (a remote file is read again only when its ETag or size changes)."""
+    if not (options.weights and storage.is_remote(options.weights)):
+        return load_weights(options)
+    info = storage.info(options.weights)
+    key = (options.weights, info.get("ETag") or info.get("etag"), info.get("size"))
+    with _remote_lock:
+        if key not in _remote_weights:
+            _remote_weights[key] = weights_mod.load_weights_bytes(storage.read_bytes(options.weights), options.weights)
+        return _remote_weights[key].with_preprocessing(options.preprocessing)

@@ -81,6 +81,14 @@ def read_bytes(uri: str) -> bytes:
         raise _translate(uri, exc) from None
 
 
+def info(uri: str) -> dict:
+    try:
+        fs, path = url_to_fs(uri)
+        return fs.info(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise _translate(uri, exc) from None
+
+
 def exists(uri: str) -> bool:
     fs, path = url_to_fs(uri)
     return fs.exists(path)

@@ -160,7 +160,6 @@ def load_weights(options: StyleOptions) -> weights_mod.LoadedWeights:
     if options.weights is None:
         key: tuple = ("default", spec.name)
     else:
-        path = Path(options.weights).expanduser()
         if "://" in options.weights and not options.weights.startswith("file://"):
             raise BadOptions(f"weights {options.weights!r}: the engine reads local files; load remote ones first")
         path = Path(options.weights.removeprefix("file://")).expanduser()
@@ -171,10 +170,7 @@ def load_weights(options: StyleOptions) -> weights_mod.LoadedWeights:
             _weights_cache[key] = (
                 weights_mod.resolve_default(spec) if options.weights is None else weights_mod.load_weights_file(path)
             )
-        loaded = _weights_cache[key]
-    if options.preprocessing and options.preprocessing != loaded.preprocessing:
-        loaded = weights_mod.LoadedWeights(loaded.state_dict, loaded.sha256, options.preprocessing, loaded.source)
-    return loaded
+        return _weights_cache[key].with_preprocessing(options.preprocessing)
 
 
 def load_encoder(
@@ -241,9 +237,7 @@ def stylize(
     """
     options = options or StyleOptions()
     device = resolve_device(options.device)
-    loaded = weights or load_weights(options)
-    if options.preprocessing and options.preprocessing != loaded.preprocessing:
-        loaded = weights_mod.LoadedWeights(loaded.state_dict, loaded.sha256, options.preprocessing, loaded.source)
+    loaded = weights.with_preprocessing(options.preprocessing) if weights else load_weights(options)
     plan = make_plan(options, loaded.preprocessing, content.shape[-2] * content.shape[-1], device)
     dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float32
     encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, dtype)

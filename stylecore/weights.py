@@ -47,6 +47,12 @@ class LoadedWeights:
     preprocessing: str
     source: str  # a path or a description, for meta.json and error messages
 
+    def with_preprocessing(self, preprocessing: str | None) -> "LoadedWeights":
+        """These weights, taken as expecting `preprocessing` where the user says so (None: as they are)."""
+        if not preprocessing or preprocessing == self.preprocessing:
+            return self
+        return LoadedWeights(self.state_dict, self.sha256, preprocessing, self.source)
+
 
 def cache_dir() -> Path:
     root = os.environ.get("STYLIZE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stylize"
