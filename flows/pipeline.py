@@ -113,7 +113,7 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
     content_bytes = storage.read_bytes(pair.content)
     style_bytes = storage.read_bytes(pair.style)
     loaded_weights = outputs.weights_for(pair.options)
-    content_sha, style_sha = storage_sha(content_bytes), storage_sha(style_bytes)
+    content_sha, style_sha = stylecore.weights.sha256_bytes(content_bytes), stylecore.weights.sha256_bytes(style_bytes)
     fp = fingerprint(content_sha, style_sha, pair, loaded_weights.sha256)
 
     previous = _read_meta(uris["meta"])
@@ -162,10 +162,6 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
         pair.id, "completed", pair.content, pair.style, outputs=uris, final=final,
         iterations=len(result.history), seconds=round(result.seconds, 3), device=str(result.plan.device),
     )
-
-
-def storage_sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
