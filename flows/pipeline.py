@@ -242,11 +242,11 @@ def _placement(runner: str):
     return remote_options(num_gpus=1) if gpus else remote_options(num_cpus=1)
 
 
-@task(name="store-report", cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=[2, 5, 10])
-def store_report(report: dict) -> None:
-    """A task of its own, so a storage hiccup at the very end is retried like any pair's."""
-    storage.write_bytes(report["contact_sheet"], report_mod.contact_sheet(report["pairs"]))
+@task(name="store-report", task_run_name="store-report", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[2, 10])
+def store_report(report: dict, sheet: bytes) -> None:
+    """A task of its own, so a storage hiccup at the very end is retried like any pair's; report.json first."""
     storage.write_bytes(report["report"], report_mod.to_json(report))
+    storage.write_bytes(report["contact_sheet"], sheet)
 
 
 def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: float) -> dict:
@@ -266,15 +266,16 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
         "device_seconds": report_mod.gpu_seconds_by_device(pairs),
         "pairs": pairs,
     }
+    sheet = report_mod.contact_sheet(pairs)  # built once: it reads every pair's thumbnails
     try:
-        store_report(report)
+        store_report(report, sheet)
     except Exception as exc:  # the storage is down for longer than the retries: keep the report here
         fallback = Path(stylecore.weights.cache_dir()) / "reports" / name
         get_run_logger().error(
             "%s: could not write the report to %s (%s); kept it at %s", name, folder, f"{type(exc).__name__}: {exc}", fallback
         )
         report["report"], report["contact_sheet"] = str(fallback / "report.json"), str(fallback / "contact_sheet.png")
-        store_report(report)
+        store_report(report, sheet)
     key = slug(loaded.name).replace(".", "-").replace("_", "-") or "run"
     create_table_artifact(report_mod.table_rows(report), key=f"{key}-summary", description=f"Pairs of {name}")
     create_markdown_artifact(report_mod.markdown(report), key=f"{key}-report", description=f"Report of {name}")

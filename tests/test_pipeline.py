@@ -198,7 +198,7 @@ def test_artifacts_are_on_the_server(workspace, prefect_api):
 
     flow_run, artifacts, task_runs = asyncio.run(read())
     assert flow_run.name == report["run_name"] and flow_run.name.startswith("job-")
-    assert sorted(t.name for t in task_runs) == ["tubingen-starry", "tubingen-the_scream"]
+    assert sorted(t.name for t in task_runs) == ["store-report", "tubingen-starry", "tubingen-the_scream"]
     by_type = {}
     for artifact in artifacts:
         by_type.setdefault(artifact.type, []).append(artifact)

@@ -84,7 +84,7 @@ def test_a_manifest_runs_through_a_prefect_server_on_postgres(postgres, tmp_path
     # The flow run and its task runs are rows in PostgreSQL, not in a SQLite file.
     query = (
         "select f.name, f.state_type, count(t.id) from flow_run f join task_run t on t.flow_run_id = f.id "
-        "group by f.name, f.state_type"
+        "where t.name <> 'store-report' group by f.name, f.state_type"
     )
     rows = subprocess.run(
         [str(postgres["bin"] / "psql"), "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U", "prefect", "-At", "-c", query, "prefect"],
