@@ -36,7 +36,7 @@ demo: setup
 	$(VENV)/bin/stylize demo
 
 test: setup system-deps
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
