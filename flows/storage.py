@@ -11,12 +11,17 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from stylecore.errors import StyleError
+
+
+TEMPORARY_SUFFIX = ".tmp"  # a write in progress: `.<name>.<random>.tmp` beside its final name
 
 
 class InputMissing(StyleError):
@@ -73,20 +78,25 @@ def _translate(uri: str, exc: Exception) -> Exception:
     return exc
 
 
-def read_bytes(uri: str) -> bytes:
+@contextmanager
+def _named_errors(uri: str) -> Iterator[None]:
+    """Missing, forbidden and folder-instead-of-file become one-line input errors naming `uri`."""
     try:
-        fs, path = url_to_fs(uri)
-        return fs.cat_file(path)
+        yield
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         raise _translate(uri, exc) from None
+
+
+def read_bytes(uri: str) -> bytes:
+    with _named_errors(uri):
+        fs, path = url_to_fs(uri)
+        return fs.cat_file(path)
 
 
 def info(uri: str) -> dict:
-    try:
+    with _named_errors(uri):
         fs, path = url_to_fs(uri)
         return fs.info(path)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        raise _translate(uri, exc) from None
 
 
 def exists(uri: str) -> bool:
@@ -96,7 +106,7 @@ def exists(uri: str) -> bool:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write so that `uri` holds either its old content or all of `data`, never a part."""
-    try:
+    with _named_errors(uri):
         if is_remote(uri):
             fs, path = url_to_fs(uri)
             fs.pipe_file(path, data)
@@ -112,11 +122,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
-    except PermissionError as exc:
-        raise _translate(uri, exc) from None
 
-
-TEMPORARY_SUFFIX = ".tmp"
 
 
 def remove_temporaries(folder: str) -> int:
@@ -133,10 +139,8 @@ def remove_temporaries(folder: str) -> int:
 def glob(pattern: str) -> list[str]:
     """Matches of a glob, as URIs in the pattern's own form, sorted."""
     fs, path = url_to_fs(pattern)
-    try:
+    with _named_errors(pattern):
         matches = sorted(fs.glob(path))
-    except (FileNotFoundError, PermissionError) as exc:
-        raise _translate(pattern, exc) from None
     if is_remote(pattern):
         scheme = pattern.split("://", 1)[0]
         return [f"{scheme}://{m}" for m in matches if not fs.isdir(m)]
