@@ -102,26 +102,27 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """manifests/demo.yaml on scikit-image's samples, fetching the model's weights the first time."""
     from pathlib import Path
 
     from stylecore import weights
     from stylecore.errors import WeightsMissing
+    from stylecore.features import model_spec
 
     from . import demo_images
     from .manifest import load
+    from .pipeline import stylize_manifest
 
     root = Path(__file__).resolve().parents[1]
     manifest = root / "manifests" / "demo.yaml"
     demo_images.export(root / "out" / "demo-inputs")
-    spec_model = load(str(manifest)).pairs[0].options.model
-    from stylecore.features import model_spec
-
+    model = load(str(manifest)).pairs[0].options.model
     try:
-        weights.resolve_default(model_spec(spec_model), allow_download=False)
+        weights.resolve_default(model_spec(model), allow_download=False)
     except WeightsMissing:
-        print(f"fetching {spec_model} weights (once) ...", flush=True)
-        weights.fetch(spec_model)
-    return _run_flow(__import__("flows.pipeline", fromlist=["x"]).stylize_manifest, "local", args.devices, manifest=str(manifest), output=None)
+        print(f"fetching {model} weights (once) ...", flush=True)
+        weights.fetch(model)
+    return _run_flow(stylize_manifest, "local", args.devices, manifest=str(manifest), output=None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
