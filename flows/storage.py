@@ -100,8 +100,13 @@ def info(uri: str) -> dict:
 
 
 def exists(uri: str) -> bool:
-    fs, path = url_to_fs(uri)
-    return fs.exists(path)
+    """Whether `uri` exists; a location the credentials may not read raises `AccessDenied` rather than
+    passing for missing, so the operator is told which of the two it is."""
+    try:
+        info(uri)
+    except InputMissing:
+        return False
+    return True
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,56 @@ def test_a_500_pair_manifest_completes(tmp_path, prefect_api, squeezenet_weights
     assert code == 0, err[-2000:]
     assert "500 completed, 0 skipped, 0 failed" in out
     assert sum(1 for d in (tmp_path / "out").iterdir() if (d / "meta.json").exists()) == 500
+
+
+@pytest.fixture
+def s3_with_auth(tmp_path):
+    """A moto server process that checks credentials after its first two requests (which set it up)."""
+    import os
+    import subprocess
+    import sys
+
+    import boto3
+
+    from .conftest import free_port, stop, wait_for_http
+
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "2"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=open(tmp_path / "moto.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", 60, server)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+        client.create_bucket(Bucket="locked")
+        client.put_object(Bucket="locked", Key="in/a.png", Body=fixtures.rgb_png())
+        yield endpoint
+    finally:
+        stop(server)
+
+
+@pytest.mark.slow
+def test_access_denied_is_one_line(tmp_path, s3_with_auth):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": s3_with_auth, "AWS_ACCESS_KEY_ID": "AKIANOBODY", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    (tmp_path / "style.png").write_bytes(fixtures.rgb_png())
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "one", "s3://locked/in/a.png", str(tmp_path / "style.png"), str(tmp_path / "o.png"), "-q"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["stylize: error: s3://locked/in/a.png: access denied"]
+
+    (tmp_path / "job.yaml").write_text("output: out\npairs: [{content: s3://locked/in/a.png, style: style.png}]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "validate", str(tmp_path / "job.yaml")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "pairs[0].content: s3://locked/in/a.png: access denied" in done.stderr
