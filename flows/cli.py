@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from stylecore.errors import StyleError
 from stylecore.options import StyleOptions
 
-EXIT_OK, EXIT_FAILED_PAIRS, EXIT_BAD_INPUT = 0, 1, 2
+from .commands import EXIT_BAD_INPUT, EXIT_OK
 
 
 class UsageError(Exception):
@@ -37,9 +37,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=f"opt_{name}", metavar=metavar, default=None, help=(info.description or "") + default)
 
 
-def options_from_args(args: argparse.Namespace, base: dict | None = None) -> dict:
+def options_from_args(args: argparse.Namespace) -> dict:
     """The flags the user gave, as a dict for StyleOptions (lists split on commas)."""
-    given = dict(base or {})
+    given = {}
     for name, info in StyleOptions.model_fields.items():
         value = getattr(args, f"opt_{name}", None)
         if value is None:
@@ -60,9 +60,9 @@ def format_validation_error(exc: ValidationError, flags: bool = False) -> str:
     return "; ".join(parts)
 
 
-def build_options(args: argparse.Namespace, base: dict | None = None) -> StyleOptions:
+def build_options(args: argparse.Namespace) -> StyleOptions:
     try:
-        return StyleOptions.model_validate(options_from_args(args, base))
+        return StyleOptions.model_validate(options_from_args(args))
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, flags=True)) from None
 

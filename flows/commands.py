@@ -75,8 +75,10 @@ def _run_flow(flow_fn, runner: str, devices_arg: str | None, ray_address: str | 
         report = None
     report = report if isinstance(report, dict) and "pairs" in report else None
     if report is None:
+        from .pipeline import BAD_INPUT
+
         print(f"stylize: error: {state.message or state.name}", file=sys.stderr)
-        return EXIT_BAD_INPUT if state.name == "Bad input" else EXIT_FAILED_PAIRS
+        return EXIT_BAD_INPUT if state.name == BAD_INPUT else EXIT_FAILED_PAIRS
     return _print_report(report)
 
 

@@ -33,7 +33,7 @@ from stylecore.engine import stylize
 from stylecore.errors import StyleError
 
 from . import devices, outputs, report as report_mod, storage
-from .progress import ProgressReporter
+from .progress import ProgressReporter, artifact_key
 from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
 
 
@@ -276,9 +276,8 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
         )
         report["report"], report["contact_sheet"] = str(fallback / "report.json"), str(fallback / "contact_sheet.png")
         store_report(report, sheet)
-    key = slug(loaded.name).replace(".", "-").replace("_", "-") or "run"
-    create_table_artifact(report_mod.table_rows(report), key=f"{key}-summary", description=f"Pairs of {name}")
-    create_markdown_artifact(report_mod.markdown(report), key=f"{key}-report", description=f"Report of {name}")
+    create_table_artifact(report_mod.table_rows(report), key=artifact_key(loaded.name, "summary"), description=f"Pairs of {name}")
+    create_markdown_artifact(report_mod.markdown(report), key=artifact_key(loaded.name, "report"), description=f"Report of {name}")
     counts = report["counts"]
     get_run_logger().info(
         "%s: %d completed, %d skipped, %d failed; report %s", name, counts["completed"], counts["skipped"], counts["failed"], report["report"]

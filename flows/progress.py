@@ -66,8 +66,9 @@ def _get_sender() -> _Sender:
         return _sender
 
 
-def artifact_key(pair_id: str) -> str:
-    return ("progress-" + re.sub(r"[^a-z0-9-]+", "-", pair_id)[:100]).strip("-")
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from free text, e.g. ("progress", pair id)."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())[:110].strip("-")
 
 
 class ProgressReporter:
@@ -76,7 +77,7 @@ class ProgressReporter:
     def __init__(self, pair_id: str, iterations: int, logger):
         self.pair_id, self.logger, self.total = pair_id, logger, iterations
         self.every = max(1, iterations // PROGRESS_STEPS)
-        self.artifact = create_progress_artifact(0.0, key=artifact_key(pair_id), description=f"Stylising {pair_id}")
+        self.artifact = create_progress_artifact(0.0, key=artifact_key("progress", pair_id), description=f"Stylising {pair_id}")
         self.context = contextvars.copy_context()  # the task run's settings and client, for the sender thread
 
     def __call__(self, record: IterationRecord) -> None:
