@@ -33,12 +33,15 @@ system-deps:
 	fi
 
 demo: setup
+	@mkdir -p "$(PREFECT_HOME)" "$(STYLIZE_CACHE)"  # Prefect warns, rather than creating a missing home's parents
 	$(VENV)/bin/stylize demo
 
 test: setup system-deps
+	@mkdir -p "$(PREFECT_HOME)" "$(STYLIZE_CACHE)"
 	$(PY) -m pytest -ra --durations=15
 
 test-fast: setup
+	@mkdir -p "$(PREFECT_HOME)" "$(STYLIZE_CACHE)"
 	$(PY) -m pytest -ra -m "not slow"
 
 bench: setup
