@@ -3,7 +3,8 @@
 Bytes and tensors in, tensors out; no Prefect, storage or CLI here.
 """
 
-from .engine import IterationRecord, Plan, Result, stylize
+from .engine import Job, Plan, Result, stylize, stylize_batch
+from .tracking import IterationRecord
 from .errors import BadImage, BadOptions, NonFiniteLoss, StyleError, WeightsMismatch, WeightsMissing
 from .options import StyleOptions
 
@@ -15,8 +16,10 @@ __all__ = [
     "Plan",
     "Result",
     "StyleError",
+    "Job",
     "StyleOptions",
     "WeightsMismatch",
     "WeightsMissing",
     "stylize",
+    "stylize_batch",
 ]

@@ -1,8 +1,10 @@
-"""The optimisation loop: pixels of one image pulled toward a content image's features and a style image's Grams.
+"""The optimisation: pixels pulled toward a content image's features and a style's Gram matrices.
 
-`stylize` knows nothing of Prefect, storage or terminals. It reports each
-iteration to an optional callback, and callers turn that into progress bars,
-artifacts or logs.
+`stylize` does one image, `stylize_batch` many of one size at once. Around the
+Gatys loop sit what a bulk run needs: scales coarse to fine, colour control,
+style blends, a memory plan (batch size, tiles) made before running and revised
+on out-of-memory, and early stopping. Nothing here knows Prefect, storage or
+terminals; progress goes to an optional callback.
 """
 
 from __future__ import annotations
@@ -17,21 +19,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+import torch.nn.functional as F
+
+from . import colour, lockstep, memory
 from . import weights as weights_mod
 from .errors import BadOptions, NonFiniteLoss
 from .features import Encoder, ModelSpec, model_spec
-from .losses import content_loss, gram_matrix, style_loss, tv_loss
+from .losses import content_loss_per_sample, style_loss_per_sample, tv_loss_per_sample
 from .options import StyleOptions
-
-
-@dataclass(frozen=True)
-class IterationRecord:
-    iteration: int  # 1-based
-    content: float
-    style: float
-    tv: float
-    total: float
-    seconds: float  # since the optimisation started
+from .targets import blended_grams, content_features, style_targets
+from .tiling import optimise_tiled
+from .tracking import IterationRecord
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ class Result:
     weights_sha256: str
     weights_source: str
     seconds: float
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # memory plan and fallbacks, scales, early stop: for meta.json
 
     @property
     def final(self) -> IterationRecord:
@@ -192,123 +190,351 @@ def load_encoder(
     return encoder
 
 
-# --- the loop ----------------------------------------------------------------------------------------
+# --- one size, many images ------------------------------------------------------------------------
 
 
-class _BudgetSpent(Exception):
-    pass
+@dataclass
+class Job:
+    """One pair: the content at the output size, and its style(s) at the style size, each with a blend weight."""
+
+    content: Tensor  # (1, 3, H, W) in [0, 1]
+    styles: list[tuple[Tensor, float]]
 
 
-class _Best:
-    """The lowest-loss image evaluated so far: the one returned, so the image and its reported losses agree."""
-
-    def __init__(self):
-        self.record: IterationRecord | None = None
-        self.pixels: Tensor | None = None
-
-    def offer(self, record: IterationRecord, pixels: Tensor) -> None:
-        if self.record is None or record.total < self.record.total:
-            self.record = record
-            self.pixels = pixels.detach().clamp(0, 1).contiguous().clone()
+class OutOfMemory(RuntimeError):
+    """Out of memory with no smaller batch or tile left to try."""
 
 
-class _Targets:
-    """What the image is pulled toward: computed once, before the first iteration."""
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
-    def __init__(self, encoder: Encoder, plan: Plan, content: Tensor, style: Tensor):
-        with torch.no_grad():
-            content_feats = encoder(content)
-            style_feats = encoder(style)
-        self.content = content_feats[plan.content_layer].float()
-        self.grams = [gram_matrix(style_feats[layer].float()) for layer in plan.style_layers]
+
+def scale_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
+    """(height, width) for each scale, coarse to fine, each twice the one before; none shorter than 64 px."""
+    sizes = [(height, width)]
+    for _ in range(scales - 1):
+        h, w = sizes[0]
+        if min(h, w) // 2 < 64:
+            break
+        sizes.insert(0, (round(h / 2), round(w / 2)))
+    return sizes
+
+
+def planned_iterations(options: StyleOptions, height: int, width: int) -> int:
+    coarse = len(scale_sizes(height, width, options.scales)) - 1
+    return options.iterations + coarse * (options.coarse_iterations or options.iterations)
+
+
+def _resize(image: Tensor, height: int, width: int) -> Tensor:
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    shrinking = height < image.shape[-2]
+    return F.interpolate(image, size=(height, width), mode="bicubic", antialias=shrinking, align_corners=False).clamp(0, 1)
+
+
+def _resize_by(image: Tensor, factor: float) -> Tensor:
+    h, w = image.shape[-2:]
+    factor = min(1.0, max(factor, 32 / min(h, w)))  # the deepest layers need a few pixels left
+    return _resize(image, max(1, round(h * factor)), max(1, round(w * factor)))
+
+
+def _free_cached(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class _Run:
+    """One call of `stylize_batch`: what every scale shares."""
+
+    def __init__(self, jobs, options, loaded, device, budget, on_iteration, max_batch):
+        self.options, self.loaded, self.device, self.budget = options, loaded, device, budget
+        self.on_iteration, self.max_batch = on_iteration, max_batch
+        self.began = time.perf_counter()
+        self.histories: dict[int, list[IterationRecord]] = {i: [] for i in range(len(jobs))}
+        self.errors: dict[int, Exception] = {}
+        self.early_stops: dict[int, list[dict]] = {i: [] for i in range(len(jobs))}
+        self.scales_log: list[dict] = []
+        self.fallbacks: list[str] = []
+        precision = resolve_precision(options.precision, device, options.model)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    def clock(self) -> float:
+        return time.perf_counter() - self.began
+
+    def record(self, index: int, record: IterationRecord) -> None:
+        self.histories[index].append(record)
+        if self.on_iteration is not None:
+            self.on_iteration(index, record)
+
+    def alive(self, indices) -> list[int]:
+        return [i for i in indices if i not in self.errors]
+
+
+def _prepare(job: Job, options: StyleOptions, device: torch.device) -> tuple[Tensor, list[tuple[Tensor, float]]]:
+    """The content and styles as the network will see them, colour option applied."""
+    content = job.content.to(device)
+    styles = [(style.to(device), weight) for style, weight in job.styles]
+    if options.colour == "histogram":
+        styles = [(colour.match_histograms(style, content), weight) for style, weight in styles]
+    elif options.colour == "luminance":
+        greys = [colour.luminance_inputs(content, style) for style, _ in styles]
+        content = greys[0][0]
+        styles = [(grey_style, weight) for (_, grey_style), (_, weight) in zip(greys, styles)]
+    return content, styles
+
+
+def stylize_batch(
+    jobs: list[Job],
+    options: StyleOptions | None = None,
+    on_iteration: Callable[[int, IterationRecord], None] | None = None,
+    weights: weights_mod.LoadedWeights | None = None,
+    memory_limit: int | None = None,
+    max_batch: int | None = None,
+) -> list[Result | Exception]:
+    """Stylise pairs of one output size together; a result, or that pair's own error, per job in order.
+
+    The batch size is the most images the memory estimate fits in `memory_limit` (default: what the device
+    has free), capped by `max_batch`. An image that does not fit alone is optimised in tiles at that scale.
+    """
+    options = options or StyleOptions()
+    if not jobs:
+        return []
+    shapes = {tuple(job.content.shape) for job in jobs}
+    if len(shapes) != 1:
+        raise BadOptions(f"a batch needs one content size; got {sorted(shapes)}")
+    if any(not job.styles or any(w <= 0 for _, w in job.styles) for job in jobs):
+        raise BadOptions("every pair needs at least one style, each with a positive weight")
+    device = resolve_device(options.device)
+    loaded = weights.with_preprocessing(options.preprocessing) if weights else load_weights(options)
+    height, width = jobs[0].content.shape[-2:]
+    run = _Run(jobs, options, loaded, device, memory_limit or memory.device_budget(device), on_iteration, max_batch)
+
+    prepared = [_prepare(job, options, device) for job in jobs]
+    sizes = _sizes_to_fit(run, height, width)
+    starts: dict[int, Tensor] = {}
+    bests: dict[int, tuple[Tensor, IterationRecord]] = {}
+    for scale, (h, w) in enumerate(sizes):
+        final = scale == len(sizes) - 1
+        plan = make_plan(options, loaded.preprocessing, h * w, device)
+        encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, run.dtype)
+        contents = {i: _resize(content, h, w) for i, (content, _) in enumerate(prepared)}
+        for i in run.alive(range(len(jobs))):
+            if scale == 0:
+                starts[i] = _initial_image(contents[i], options)
+            else:
+                starts[i] = _resize(bests[i][0].to(device), h, w)
+        grams = {i: _style_grams(run, encoder, plan, styles, h / height) for i, (_, styles) in enumerate(prepared)}
+        iterations = options.iterations if final else (options.coarse_iterations or options.iterations)
+        scale_bests = _optimise_scale(run, encoder, plan, scale, (h, w), contents, grams, starts, iterations, final)
+        bests.update(scale_bests)
+
+    results: list[Result | Exception] = []
+    for i, job in enumerate(jobs):
+        if i in run.errors:
+            results.append(run.errors[i])
+            continue
+        image, record = bests[i]
+        if options.colour == "luminance":
+            image = colour.join_luminance(image.to(device), job.content.to(device))
+        results.append(
+            Result(
+                image=image.float().cpu(),
+                history=run.histories[i],
+                best_iteration=record.iteration,
+                plan=plan,
+                weights_sha256=loaded.sha256,
+                weights_source=loaded.source,
+                seconds=run.clock(),
+                extra={
+                    "scales": [list(size[::-1]) for size in sizes],
+                    "memory": {"budget_bytes": run.budget, "plan": run.scales_log, "fallbacks": run.fallbacks},
+                    "early_stop": run.early_stops[i],
+                    "batch_size": len(jobs),
+                },
+            )
+        )
+    return results
 
 
 def stylize(
     content: Tensor,
-    style: Tensor,
+    style: Tensor | list[tuple[Tensor, float]],
     options: StyleOptions | None = None,
     on_iteration: Callable[[IterationRecord], None] | None = None,
     weights: weights_mod.LoadedWeights | None = None,
+    memory_limit: int | None = None,
 ) -> Result:
-    """Optimise an image that has `content`'s features and `style`'s Gram matrices.
+    """Optimise an image that has `content`'s features and `style`'s Gram matrices (or a weighted blend of styles).
 
-    `content` and `style` are (1, 3, H, W) tensors in [0, 1] at the sizes to use
-    (see `images.load`); the output has the content's size.
+    `content` and styles are (1, 3, H, W) tensors in [0, 1] at the sizes to use (see `images.load`);
+    the output has the content's size.
     """
-    options = options or StyleOptions()
-    device = resolve_device(options.device)
-    loaded = weights.with_preprocessing(options.preprocessing) if weights else load_weights(options)
-    plan = make_plan(options, loaded.preprocessing, content.shape[-2] * content.shape[-1], device)
-    dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float32
-    encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, dtype)
+    styles = [(style, 1.0)] if isinstance(style, Tensor) else list(style)
+    callback = (lambda _, record: on_iteration(record)) if on_iteration else None
+    (outcome,) = stylize_batch([Job(content, styles)], options, callback, weights, memory_limit)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
-    content, style = content.to(device), style.to(device)
-    targets = _Targets(encoder, plan, content, style)
 
+def _initial_image(content: Tensor, options: StyleOptions) -> Tensor:
     if options.init == "content":
-        start = content.clone()
-    else:
-        generator = torch.Generator().manual_seed(options.seed)
-        start = torch.rand(content.shape, generator=generator).to(device)
-    pixels = start.contiguous().requires_grad_(True)  # L-BFGS flattens its parameter: keep it contiguous
+        return content.clone()
+    generator = torch.Generator().manual_seed(options.seed)
+    return torch.rand(content.shape, generator=generator).to(content.device)
 
-    history: list[IterationRecord] = []
-    best = _Best()
-    began = time.perf_counter()
 
-    def closure() -> Tensor:
-        if len(history) >= options.iterations:
-            raise _BudgetSpent  # a line search may ask for more evaluations than the budget holds
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            pixels.clamp_(0, 1)
+def _style_grams(run: _Run, encoder: Encoder, plan: Plan, styles, factor: float) -> tuple[Tensor, ...]:
+    """The (blended) Gram targets at this scale: style images shrink with the output, from the style cache."""
+    per_style = [
+        style_targets.grams(encoder, run.loaded.sha256, plan.style_layers, _resize_by(style, factor)) for style, _ in styles
+    ]
+    return per_style[0] if len(per_style) == 1 else blended_grams(per_style, [w for _, w in styles])
+
+
+def _deepest(plan: Plan) -> int:
+    return max(plan.spec.index_of(layer) for layer in (plan.content_layer, *plan.style_layers))
+
+
+def _needs_tiles(run: _Run, plan: Plan, h: int, w: int) -> bool:
+    cost = memory.estimate(plan.spec, _deepest(plan), h, w, run.options.optimizer, run.dtype)
+    return cost.total(1) > run.budget
+
+
+def _sizes_to_fit(run: _Run, height: int, width: int) -> list[tuple[int, int]]:
+    """The scales asked for; when the output must be tiled and no coarser scale was asked for, add coarser ones
+    until one fits whole, so the tiled scale starts from a converged image instead of from scratch."""
+    sizes = scale_sizes(height, width, run.options.scales)
+    plan = make_plan(run.options, run.loaded.preprocessing, height * width, run.device)
+    tiled = run.options.tile is not None or _needs_tiles(run, plan, height, width)
+    if tiled and len(sizes) == 1:
+        while len(sizes) < 6 and min(sizes[0]) // 2 >= 64:
+            sizes.insert(0, (round(sizes[0][0] / 2), round(sizes[0][1] / 2)))
+            if not _needs_tiles(run, plan, *sizes[0]):
+                break
+        if len(sizes) > 1:
+            run.fallbacks.append(f"{width}×{height} does not fit whole: started at {sizes[0][1]}×{sizes[0][0]}, tiled the output")
+    return sizes
+
+
+def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, iterations, final):
+    """Optimise every live image at one scale: batches as large as fit, tiles where one image does not;
+    on out-of-memory, halve the batch, then tile, then halve the tile."""
+    h, w = size
+    options, deepest = run.options, _deepest(plan)
+    cost = memory.estimate(plan.spec, deepest, h, w, options.optimizer, run.dtype)
+    tile = options.tile if final else None
+    if tile is None and cost.total(1) > run.budget:
+        tile = memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget)
+    pending = run.alive(sorted(starts))
+    batch = 1 if tile else memory.largest_batch(cost, run.budget, min(len(pending), run.max_batch or len(pending)))
+    entry = {"size": [w, h], "iterations": iterations, "estimate_bytes": cost.total(batch), "batch": batch, "tile": tile}
+    run.scales_log.append(entry)
+    bests: dict[int, tuple[Tensor, IterationRecord]] = {}
+    while pending:
+        chunk = pending[:batch]
+        try:
+            if tile:
+                bests.update(_run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, tile))
+            else:
+                bests.update(_run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations))
+            pending = pending[len(chunk):]
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            for i in chunk:  # what the failed attempt recorded is discarded: the chunk starts again
+                run.histories[i] = [r for r in run.histories[i] if r.scale < scale]
+            _free_cached(run.device)
+            where = f"{w}×{h}"
+            if not tile and batch > 1:
+                batch = max(1, batch // 2)
+                run.fallbacks.append(f"{where}: out of memory at batch {len(chunk)}, retried at batch {batch}")
+            elif not tile:
+                tile = memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget // 2) or (max(h, w) // 128) * 64
+                run.fallbacks.append(f"{where}: out of memory for one image, retried in tiles of {tile}")
+            elif tile > memory.MIN_TILE:
+                smaller = max(memory.MIN_TILE, (tile // 2) // 64 * 64)
+                run.fallbacks.append(f"{where}: out of memory in tiles of {tile}, retried in tiles of {smaller}")
+                tile = smaller
+            else:
+                raise OutOfMemory(f"{where}: out of memory even in tiles of {tile} px ({exc})".splitlines()[0]) from exc
+            entry.update(batch=batch, tile=tile)
+    return bests
+
+
+def _first_iteration(run: _Run, index: int) -> int:
+    return len(run.histories[index]) + 1
+
+
+def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations):
+    content_targets = torch.cat([content_features(encoder, plan.content_layer, contents[i]) for i in chunk])
+    gram_targets = [torch.stack([grams[i][layer] for i in chunk]) for layer in range(len(plan.style_layers))]
+    row_of = {index: row for row, index in enumerate(chunk)}
+
+    def evaluate(batch: dict[int, Tensor]) -> dict:
+        order = sorted(batch)
+        rows = torch.tensor([row_of[i] for i in order], device=run.device)
+        pixels = torch.cat([batch[i] for i in order]).requires_grad_(True)
         feats = {name: value.float() for name, value in encoder(pixels).items()}  # losses in fp32
-        c = content_loss(plan.content_weight, feats[plan.content_layer], targets.content)
-        s = style_loss(feats, plan.style_layers, targets.grams, plan.style_weights)
-        t = tv_loss(pixels, plan.tv_weight)
+        c = content_loss_per_sample(plan.content_weight, feats[plan.content_layer], content_targets[rows])
+        s = style_loss_per_sample(feats, plan.style_layers, [g[rows] for g in gram_targets], plan.style_weights)
+        t = tv_loss_per_sample(pixels, plan.tv_weight)
         total = c + s + t
-        total.backward()
-        values = torch.stack([c.detach(), s.detach(), t.detach(), total.detach()]).tolist()
-        if not math.isfinite(values[3]):
-            raise NonFiniteLoss(
-                f"loss became {values[3]} at iteration {len(history) + 1}; lower the learning rate or the weights"
-            )
-        record = IterationRecord(len(history) + 1, *values, seconds=time.perf_counter() - began)
-        history.append(record)
-        best.offer(record, pixels)
-        if on_iteration is not None:
-            on_iteration(record)
-        return total
+        total.sum().backward()
+        losses = torch.stack([c, s, t, total], dim=1).detach().cpu()  # one device sync for the whole batch
+        answers = {}
+        for row, index in enumerate(order):
+            if math.isfinite(losses[row, 3].item()):
+                answers[index] = (losses[row], pixels.grad[row : row + 1])
+            else:
+                iteration = _first_iteration(run, index)
+                answers[index] = NonFiniteLoss(
+                    f"loss became {losses[row, 3].item()} near iteration {iteration}; lower the learning rate or the weights"
+                )
+        return answers
 
-    try:
-        if options.optimizer == "lbfgs":
-            # Strong-Wolfe line search keeps L-BFGS from the wild first steps it takes without one; every
-            # evaluation it makes is one forward+backward and counts as one iteration of the budget.
-            optimizer = torch.optim.LBFGS(
-                [pixels],
-                lr=plan.lr,
-                max_iter=options.iterations,
-                max_eval=options.iterations,
-                tolerance_grad=-1,
-                tolerance_change=-1,
-                history_size=50,
-                line_search_fn="strong_wolfe",
-            )
-            while len(history) < options.iterations:
-                optimizer.step(closure)
-        else:
-            optimizer = torch.optim.Adam([pixels], lr=plan.lr)
-            for _ in range(options.iterations):
-                optimizer.step(closure)
-    except _BudgetSpent:
-        pass
-
-    return Result(
-        image=best.pixels.cpu(),
-        history=history,
-        best_iteration=best.record.iteration,
-        plan=plan,
-        weights_sha256=loaded.sha256,
-        weights_source=loaded.source,
-        seconds=time.perf_counter() - began,
+    outcomes = lockstep.optimise(
+        {i: starts[i] for i in chunk},
+        evaluate,
+        optimizer=run.options.optimizer,
+        lr=plan.lr,
+        iterations=iterations,
+        first_iteration={i: _first_iteration(run, i) for i in chunk},
+        scale=scale,
+        clock=run.clock,
+        on_record=run.record,
+        early_stop=(run.options.early_stop, run.options.early_stop_window),
     )
+    bests = {}
+    for i, outcome in outcomes.items():
+        if outcome.error is not None:
+            run.errors[i] = outcome.error
+        elif outcome.best.record is None:
+            run.errors[i] = NonFiniteLoss("no iteration finished")
+        else:
+            bests[i] = (outcome.best.pixels, outcome.best.record)
+            if outcome.stopped_at is not None:
+                run.early_stops[i].append({"scale": scale, "iteration": outcome.stopped_at})
+    return bests
+
+
+def _run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, tile):
+    bests = {}
+    for i in chunk:
+        try:
+            best, _, stopped_at = optimise_tiled(
+                encoder, plan, contents[i], grams[i], starts[i],
+                tile=tile, iterations=iterations, seed=run.options.seed + scale, first_iteration=_first_iteration(run, i),
+                scale=scale, clock=run.clock, on_record=lambda record, i=i: run.record(i, record),
+                early_stop=(run.options.early_stop, run.options.early_stop_window),
+            )
+        except NonFiniteLoss as exc:
+            run.errors[i] = exc
+            continue
+        bests[i] = (best.pixels, best.record)
+        if stopped_at is not None:
+            run.early_stops[i].append({"scale": scale, "iteration": stopped_at})
+    return bests

@@ -36,7 +36,27 @@ class StyleOptions(BaseModel):
     style_size: int | None = Field(
         None, ge=16, le=8192, description="Style image's longer side in pixels; default: the output size."
     )
-    iterations: int = Field(300, ge=1, le=100_000, description="Forward+backward passes.")
+    style_scale: Annotated[float, Field(gt=0.05, le=8, allow_inf_nan=False)] | None = Field(
+        None, description="Style image's longer side relative to the output's (bigger = larger brush strokes); excludes style_size."
+    )
+    iterations: int = Field(300, ge=1, le=100_000, description="Forward+backward passes at the output size.")
+    scales: int = Field(1, ge=1, le=6, description="Sizes, coarse to fine, each twice the last and warm-started from it.")
+    coarse_iterations: int | None = Field(
+        None, ge=1, le=100_000, description="Iterations at each scale below the output size; default: iterations."
+    )
+    colour: Literal["style", "luminance", "histogram"] = Field(
+        "style",
+        description="style: take the style's colours; luminance: transfer luminance only and keep the content's "
+        "colours; histogram: match the style's colour histogram to the content's first.",
+    )
+    early_stop: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = Field(
+        None, description="Stop a scale once the best loss improves by less than this fraction per iteration for a window."
+    )
+    early_stop_window: int = Field(20, ge=2, le=10_000, description="Iterations the early-stop tolerance must hold.")
+    tile: int | None = Field(
+        None, ge=64, le=8192, description="Optimise the output size in tiles of this many pixels (shifted every iteration); "
+        "default: only where the image does not fit in memory.",
+    )
     content_weight: Weight | None = Field(None, description="w in content_loss; default: the model's.")
     style_weights: list[Weight] | None = Field(None, description="One weight per style layer; default: the model's.")
     tv_weight: Weight | None = Field(None, description="w in tv_loss; default: the model's.")
@@ -79,6 +99,20 @@ class StyleOptions(BaseModel):
         if head not in {"auto", "cpu", "cuda", "mps"} or (index and (head != "cuda" or not index.isdigit())):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
+
+    @model_validator(mode="after")
+    def _one_style_size(self):
+        if self.style_size is not None and self.style_scale is not None:
+            raise ValueError("style_size and style_scale both set; give one (pixels, or relative to size)")
+        return self
+
+    def style_longer_side(self) -> int:
+        """The style image's longer side at the output size (scales below shrink it in proportion)."""
+        if self.style_size is not None:
+            return self.style_size
+        if self.style_scale is not None:
+            return max(16, min(8192, round(self.size * self.style_scale)))
+        return self.size
 
     @model_validator(mode="after")
     def _weights_match_layers(self):

@@ -1,0 +1,99 @@
+"""Optimising an image too large for the device, one tile at a time.
+
+Each iteration cuts the image into tiles, and for each tile runs the network on
+that piece alone, so peak memory is that of one tile. Every tile's gradient lands
+in the one full-size image, and one optimiser step follows. The Gatys losses
+split cleanly: the content loss is a sum over positions, so the tiles' content
+losses add up to the image's; the normalised Gram is an average over positions,
+so a tile's style loss is weighted by its share of the area; the total variation
+is computed on the whole image, seams included.
+
+Tile edges would show as seams if they stayed put, so the grid is shifted by a
+random offset every iteration. Because the objective moves with the grid, the
+tiled scale uses Adam (L-BFGS's line search and curvature history assume one
+fixed objective). Content targets are computed per tile, on the same crop of the
+content image, so both sides of the comparison see the same edges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .errors import NonFiniteLoss
+from .features import Encoder
+from .losses import content_loss, style_loss, tv_loss
+from .tracking import BestImage, Convergence, IterationRecord
+
+TILED_LR = 0.02  # Adam's step on [0, 1] pixels; the scale before has done the coarse work
+
+
+def tile_bounds(length: int, tile: int, offset: int) -> list[tuple[int, int]]:
+    """Pieces of [0, length) cut every `tile` pixels from `offset`; pieces under half a tile merge into a neighbour."""
+    if length <= tile:
+        return [(0, length)]
+    bounds = [0]
+    for cut in range(offset % tile, length, tile):
+        if cut - bounds[-1] >= tile // 2 and length - cut >= tile // 2:
+            bounds.append(cut)
+    bounds.append(length)
+    return list(zip(bounds, bounds[1:]))
+
+
+def optimise_tiled(
+    encoder: Encoder,
+    plan,
+    content: Tensor,
+    grams: tuple[Tensor, ...],
+    start: Tensor,
+    *,
+    tile: int,
+    iterations: int,
+    seed: int,
+    first_iteration: int,
+    scale: int,
+    clock: Callable[[], float],
+    on_record: Callable[[IterationRecord], None] | None = None,
+    early_stop: tuple[float | None, int] = (None, 20),
+    lr: float = TILED_LR,
+) -> tuple[BestImage, list[IterationRecord], int | None]:
+    height, width = content.shape[-2:]
+    pixels = start.detach().clone().contiguous().requires_grad_(True)
+    optimizer = torch.optim.Adam([pixels], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    best, history, convergence = BestImage(), [], Convergence(*early_stop)
+    for step in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        dy, dx = torch.randint(0, tile, (2,), generator=generator).tolist()
+        c_total = s_total = 0.0
+        for y0, y1 in tile_bounds(height, tile, dy):
+            for x0, x1 in tile_bounds(width, tile, dx):
+                with torch.no_grad():
+                    target = encoder(content[..., y0:y1, x0:x1])[plan.content_layer].float()
+                feats = {name: value.float() for name, value in encoder(pixels[..., y0:y1, x0:x1]).items()}
+                share = (y1 - y0) * (x1 - x0) / (height * width)
+                c = content_loss(plan.content_weight, feats[plan.content_layer], target)
+                s = share * style_loss(feats, plan.style_layers, grams, plan.style_weights)
+                (c + s).backward()
+                c_total += c.item()
+                s_total += s.item()
+                del feats, target, c, s
+        t = tv_loss(pixels, plan.tv_weight)
+        t.backward()
+        total = c_total + s_total + t.item()
+        if not math.isfinite(total):
+            raise NonFiniteLoss(f"loss became {total} at iteration {first_iteration + step} (tiled); lower the weights")
+        record = IterationRecord(first_iteration + step, c_total, s_total, t.item(), total, clock(), scale)
+        history.append(record)
+        best.offer(record, pixels)
+        if on_record is not None:
+            on_record(record)
+        if convergence.update(record):
+            break
+        optimizer.step()
+        with torch.no_grad():
+            pixels.clamp_(0, 1)
+    return best, history, convergence.stopped_at
