@@ -74,20 +74,26 @@ def cmd_one(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stylecore import images, stylize
+    from stylecore.engine import planned_iterations
 
     from . import outputs, storage
 
     options = build_options(args)
     content = images.load(storage.read_bytes(args.content), options.size, name=args.content)
-    style = images.load(storage.read_bytes(args.style), options.style_size or options.size, name=args.style)
+    styles = [
+        (images.load(storage.read_bytes(uri), options.style_longer_side(), name=uri), weight)
+        for uri, weight in [_weighted(args.style), *map(_weighted, args.blend)]
+    ]
     loaded = outputs.weights_for(options)
-    with tqdm(total=options.iterations, unit="it", dynamic_ncols=True, disable=args.quiet) as bar:
+    memory_limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
+    total = planned_iterations(options, *content.shape[-2:])
+    with tqdm(total=total, unit="it", dynamic_ncols=True, disable=args.quiet) as bar:
 
         def show(record):
             bar.update(1)
             bar.set_postfix_str(f"content={record.content:.3g} style={record.style:.3g} tv={record.tv:.3g} total={record.total:.4g}")
 
-        result = stylize(content, style, options, on_iteration=show, weights=loaded)
+        result = stylize(content, styles, options, on_iteration=show, weights=loaded, memory_limit=memory_limit)
     storage.write_bytes(args.output, images.encode_png(result.image))
     storage.write_bytes(storage.join(storage.parent(args.output), "losses.csv"), outputs.losses_csv(result.history))
     final = result.final
@@ -96,6 +102,20 @@ def cmd_one(args: argparse.Namespace) -> int:
         f"{result.seconds:.1f}s on {result.plan.device}; final content={final.content:.4g} style={final.style:.4g} tv={final.tv:.4g})"
     )
     return EXIT_OK
+
+
+def _weighted(text: str) -> tuple[str, float]:
+    """IMAGE or IMAGE=WEIGHT (a blend weight, positive)."""
+    image, sep, weight = text.rpartition("=")
+    if not sep:
+        return text, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        raise UsageError(f"{text!r}: the blend weight after '=' must be a number") from None
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"{text!r}: the blend weight must be positive")
+    return image, value
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
@@ -125,8 +145,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     one = commands.add_parser("one", help="stylise one pair on this machine, without Prefect")
     one.add_argument("content", metavar="CONTENT", help="content image (path or URI)")
-    one.add_argument("style", metavar="STYLE", help="style image (path or URI)")
+    one.add_argument("style", metavar="STYLE", help="style image (path or URI), optionally =WEIGHT in a blend")
     one.add_argument("output", metavar="OUTPUT", help="output PNG; losses.csv is written beside it")
+    one.add_argument("--blend", metavar="IMAGE=WEIGHT", action="append", default=[], help="another style to blend in (repeatable)")
+    one.add_argument("--memory-limit-gb", type=float, metavar="GB", help="memory to plan tiles for; default: what the device has free")
     one.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_option_flags(one)
     one.set_defaults(handler=cmd_one)

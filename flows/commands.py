@@ -52,7 +52,7 @@ def _print_report(report: dict) -> int:
 
 
 def _task_runner(runner: str, devices_arg: str | None, ray_address: str | None):
-    """Threads on this host, one per leased device; or Ray, which places each pair on a GPU (or CPU) of its cluster."""
+    """Threads on this host, enough per leased device for its batches; or Ray, which places each pair on a GPU (or CPU) of its cluster."""
     if runner == "ray":
         from prefect_ray import RayTaskRunner
 
@@ -62,8 +62,10 @@ def _task_runner(runner: str, devices_arg: str | None, ray_address: str | None):
     from . import devices
 
     device_list = [d.strip() for d in devices_arg.split(",") if d.strip()] if devices_arg else devices.detect()
+    from .pipeline import PAIR_THREADS
+
     pool = devices.configure(device_list)
-    return ThreadPoolTaskRunner(max_workers=pool.size)
+    return ThreadPoolTaskRunner(max_workers=pool.size * PAIR_THREADS)
 
 
 def _run_flow(flow_fn, runner: str, devices_arg: str | None, ray_address: str | None = None, **parameters) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -45,7 +46,9 @@ class PairEntry(BaseModel):
 
     id: str | None = None
     content: str | list[str]
-    style: str | list[str]
+    style: str | list[str] | dict[str, float] = Field(
+        description="An image, a glob, a list of them (one pair per style), or a blend {image: weight, ...}."
+    )
 
     @field_validator("id")
     @classmethod
@@ -57,10 +60,16 @@ class PairEntry(BaseModel):
     @field_validator("content", "style")
     @classmethod
     def _not_empty(cls, value):
-        if isinstance(value, list) and not value:
+        if isinstance(value, (list, dict)) and not value:
             raise ValueError("must name at least one image")
         if isinstance(value, str) and not value.strip():
             raise ValueError("must name an image")
+        if isinstance(value, dict):
+            for image, weight in value.items():
+                if not math.isfinite(weight) or weight <= 0:
+                    raise ValueError(f"blend weight of {image!r} must be a positive number (got {weight!r})")
+                if storage.has_magic(image):
+                    raise ValueError(f"a blend names images, not globs (got {image!r})")
         return value
 
     def overrides(self) -> dict[str, Any]:
@@ -79,6 +88,20 @@ class ManifestSettings(BaseModel):
     retry_delay_seconds: list[float] = Field(
         default_factory=lambda: [2.0, 10.0, 30.0], description="Backoff between retries; the last value repeats."
     )
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="Pairs of one output size optimised together on a device; auto: as many as memory fits (at most 8)."
+    )
+    memory_limit_gb: float | None = Field(
+        None, gt=0, le=4096, description="Memory to plan batches and tiles for, per device; default: what the device has free."
+    )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value):
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("must be auto or 1-64")
+        return value
+
     @field_validator("retry_delay_seconds", mode="before")
     @classmethod
     def _delays(cls, value):
@@ -96,9 +119,14 @@ class Manifest(ManifestSettings):
 class PairSpec:
     id: str
     content: str
-    style: str
+    style: str  # the style, or the first of a blend
     options: StyleOptions
     output: str  # <manifest output>/<id>
+    blend: tuple[tuple[str, float], ...] = ()  # (style, weight) for every style of a blend
+
+    @property
+    def styles(self) -> tuple[tuple[str, float], ...]:
+        return self.blend or ((self.style, 1.0),)
 
     def uri(self, name: str) -> str:
         return storage.join(self.output, name)
@@ -258,16 +286,24 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
         if unknown:
             continue
         contents = _expand(entry.content, base, uri, lines, at + ("content",), problems, check_inputs)
-        styles = _expand(entry.style, base, uri, lines, at + ("style",), problems, check_inputs)
+        if isinstance(entry.style, dict):
+            blend = []
+            for image, weight in entry.style.items():
+                found = _expand(image, base, uri, lines, at + ("style", image), problems, check_inputs)
+                blend += [(target, weight) for target in found]
+            styles = [tuple(blend)] if blend else []
+        else:
+            styles = [((style, 1.0),) for style in _expand(entry.style, base, uri, lines, at + ("style",), problems, check_inputs)]
         combos = list(itertools.product(contents, styles))
         for content, style in combos:
+            style_name = "-".join(slug(_name(s)) for s, _ in style)
             if entry.id and len(combos) == 1:
                 pair_id = entry.id
             elif entry.id:
-                pair_id = f"{entry.id}-{slug(_name(content))}-{slug(_name(style))}"
+                pair_id = f"{entry.id}-{slug(_name(content))}-{style_name}"[:128]
             else:
-                pair_id = f"{slug(_name(content))}-{slug(_name(style))}"
-            pairs.append(PairSpec(pair_id, content, style, options, ""))
+                pair_id = f"{slug(_name(content))}-{style_name}"[:128]
+            pairs.append(PairSpec(pair_id, content, style[0][0], options, "", style if len(style) > 1 else ()))
 
     pairs = _unique_ids(pairs, [e for e in entries if e is not None], uri, lines, problems)
     if problems:
@@ -275,7 +311,7 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
     manifest = Manifest(**settings.model_dump(), pairs=entries)
     # An --output override is relative to where the user stands; the manifest's own, to the manifest.
     out = storage.absolute(output) if output else storage.resolve(base, manifest.output)
-    return LoadedManifest(uri, manifest, out, [PairSpec(p.id, p.content, p.style, p.options, storage.join(out, p.id)) for p in pairs])
+    return LoadedManifest(uri, manifest, out, [replace(p, output=storage.join(out, p.id)) for p in pairs])
 
 
 def _line_of(problem: str) -> int:
@@ -327,8 +363,9 @@ def _unique_ids(pairs: list[PairSpec], entries: list[PairEntry], file, lines, pr
     unique = []
     for pair in pairs:
         if counts[pair.id] > 1 and pair.id not in explicit:
-            digest = hashlib.sha256(f"{pair.content}\n{pair.style}".encode()).hexdigest()[:8]
-            pair = PairSpec(f"{pair.id}-{digest}"[:128], pair.content, pair.style, pair.options, pair.output)
+            inputs = pair.style if not pair.blend else repr(pair.blend)  # single-style ids as they always were
+            digest = hashlib.sha256(f"{pair.content}\n{inputs}".encode()).hexdigest()[:8]
+            pair = replace(pair, id=f"{pair.id}-{digest}"[:128])
         unique.append(pair)
     return unique
 

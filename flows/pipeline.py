@@ -13,7 +13,9 @@ import os
 import platform
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -25,14 +27,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.runtime import flow_run, task_run
 from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 import stylecore
 import stylecore.weights
 from stylecore import images
-from stylecore.engine import stylize
+from stylecore.engine import Job, planned_iterations
 from stylecore.errors import StyleError
 
-from . import devices, outputs, report as report_mod, storage
+from . import batching as batching_mod, devices, outputs, report as report_mod, storage
+from .batching import group_key
 from .progress import ProgressReporter, artifact_key
 from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
 
@@ -56,10 +60,11 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def fingerprint(content_sha: str, style_sha: str, pair: PairSpec, weights_sha: str) -> str:
+def fingerprint(content_sha: str, style_shas: list[str], pair: PairSpec, weights_sha: str) -> str:
+    styles = style_shas[0] if not pair.blend else [[sha, weight] for sha, (_, weight) in zip(style_shas, pair.blend)]
     payload = {
         "content": content_sha,
-        "style": style_sha,
+        "style": styles,  # one style: its digest alone, so fingerprints from before blends still match
         "options": pair.options.fingerprint_fields(),
         "weights": weights_sha,
         "code": code_version(),
@@ -107,41 +112,69 @@ def _read_meta(uri: str) -> dict | None:
         return None
 
 
-def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
-    """Read, skip if done, optimise, write: the body of the pair task (also usable without Prefect)."""
+@dataclass(frozen=True)
+class Batching:
+    """How a pair's optimisation may be batched: its planned group (None: alone, at once) and the batch limit."""
+
+    group: str | None = None
+    size: int | str = "auto"  # a number, or auto (from the memory estimate)
+    memory_limit: int | None = None  # bytes per device to plan for; None: what the device has free
+
+
+def run_pair(pair: PairSpec, runner: str, logger, batching: Batching = Batching()) -> PairOutcome:
+    """Read, skip if done, optimise (batched with its group), write: the body of the pair task."""
     uris = output_uris(pair)
-    content_bytes = storage.read_bytes(pair.content)
-    style_bytes = storage.read_bytes(pair.style)
-    loaded_weights = outputs.weights_for(pair.options)
-    content_sha, style_sha = stylecore.weights.sha256_bytes(content_bytes), stylecore.weights.sha256_bytes(style_bytes)
-    fp = fingerprint(content_sha, style_sha, pair, loaded_weights.sha256)
+    group_left = batching.group is not None
+    try:
+        content_bytes = storage.read_bytes(pair.content)
+        style_bytes = [storage.read_bytes(uri) for uri, _ in pair.styles]
+        loaded_weights = outputs.weights_for(pair.options)
+        content_sha = stylecore.weights.sha256_bytes(content_bytes)
+        style_shas = [stylecore.weights.sha256_bytes(data) for data in style_bytes]
+        fp = fingerprint(content_sha, style_shas, pair, loaded_weights.sha256)
 
-    previous = _read_meta(uris["meta"])
-    if previous and previous.get("fingerprint") == fp and previous.get("status") == "completed":
-        logger.info("%s: unchanged since %s, skipped", pair.id, previous.get("finished_at"))
-        return PairOutcome(
-            pair.id, "skipped", pair.content, pair.style, outputs=uris, final=previous.get("final"),
-            iterations=previous.get("iterations", 0), device=previous.get("worker", {}).get("device"),
+        previous = _read_meta(uris["meta"])
+        if previous and previous.get("fingerprint") == fp and previous.get("status") == "completed":
+            logger.info("%s: unchanged since %s, skipped", pair.id, previous.get("finished_at"))
+            return PairOutcome(
+                pair.id, "skipped", pair.content, pair.style, outputs=uris, final=previous.get("final"),
+                iterations=previous.get("iterations", 0), device=previous.get("worker", {}).get("device"),
+            )
+
+        if storage.remove_temporaries(pair.output):
+            logger.info("%s: removed temporary files a stopped run left behind", pair.id)
+        options = pair.options
+        content = images.load(content_bytes, options.size, name=pair.content)
+        styles = [
+            (images.load(data, options.style_longer_side(), name=uri), weight)
+            for data, (uri, weight) in zip(style_bytes, pair.styles)
+        ]
+        height, width = content.shape[-2:]
+        limit = batching.size if isinstance(batching.size, int) else batch_size_for(options, height, width)
+        reporter = ProgressReporter(pair.id, planned_iterations(options, height, width), logger)
+        group_left = False
+        result = batching_mod.batcher().run(
+            batching.group if batching.group == group_key(height, width, options) else None,
+            Job(content, styles), options, limit, on_iteration=reporter, weights=loaded_weights, memory_limit=batching.memory_limit,
         )
-
-    if storage.remove_temporaries(pair.output):
-        logger.info("%s: removed temporary files a stopped run left behind", pair.id)
-    content = images.load(content_bytes, pair.options.size, name=pair.content)
-    style = images.load(style_bytes, pair.options.style_size or pair.options.size, name=pair.style)
-    with devices.pool().lease() as device:
-        options = pair.options if pair.options.device != "auto" else pair.options.merged({"device": device})
-        reporter = ProgressReporter(pair.id, pair.options.iterations, logger)
-        result = stylize(content, style, options, on_iteration=reporter, weights=loaded_weights)
+    finally:
+        if group_left:  # this planned member will never arrive: its group need not wait for it
+            batching_mod.batcher().withdraw(batching.group)
     final = {k: getattr(result.final, k) for k in ("content", "style", "tv", "total")}
 
     storage.write_bytes(uris["image"], images.encode_png(result.image))
     storage.write_bytes(uris["losses_csv"], outputs.losses_csv(result.history))
     storage.write_bytes(uris["losses_png"], outputs.losses_png(result.history, f"{pair.id}: losses per iteration"))
+    if pair.blend:
+        style_inputs = {"blend": [{"uri": uri, "sha256": sha, "weight": w} for (uri, w), sha in zip(pair.blend, style_shas)]}
+    else:
+        style_inputs = {"uri": pair.style, "sha256": style_shas[0]}
+    stopped = result.extra.get("early_stop") or []
     meta = {
         "id": pair.id,
         "status": "completed",
         "fingerprint": fp,
-        "inputs": {"content": {"uri": pair.content, "sha256": content_sha}, "style": {"uri": pair.style, "sha256": style_sha}},
+        "inputs": {"content": {"uri": pair.content, "sha256": content_sha}, "style": style_inputs},
         "options": pair.options.model_dump(mode="json"),
         "resolved": result.plan.as_dict(),
         "weights": {"sha256": loaded_weights.sha256, "source": loaded_weights.source, "preprocessing": loaded_weights.preprocessing},
@@ -150,7 +183,11 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
         "runner": runner,
         "worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(result.plan.device)},
         "size": list(result.image.shape[-2:][::-1]),
+        "scales": result.extra.get("scales"),
         "iterations": len(result.history),
+        "early_stop": {"stopped_at": stopped[-1]["iteration"], "per_scale": stopped} if stopped else None,
+        "batch": {"size": result.extra.get("batch_size", 1), "limit": limit},
+        "memory": result.extra.get("memory"),
         "final": final,
         "seconds": round(result.seconds, 3),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -163,6 +200,13 @@ def run_pair(pair: PairSpec, runner: str, logger) -> PairOutcome:
         iterations=len(result.history), seconds=round(result.seconds, 3), device=str(result.plan.device),
     )
 
+
+def batch_size_for(options, height: int, width: int) -> int:
+    return batching_mod.auto_batch_size(options, height, width, devices.pool().devices[0])
+
+
+# Pair tasks in flight per device: two batches' worth, so the next batch reads its inputs while one runs.
+PAIR_THREADS = 2 * batching_mod.MAX_AUTO_BATCH
 
 BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
 
@@ -178,12 +222,14 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     persist_result=False,
     retry_condition_fn=_retry_unless_bad_input,
 )
-def stylize_pair(pair: PairSpec, runner: str = "local", retries: int = 0) -> dict:
+def stylize_pair(pair: PairSpec, runner: str = "local", retries: int = 0, batching: Batching = Batching()) -> dict:
     """Deterministic failures end the task at once as 'Bad input'; transient ones are raised for Prefect to retry,
     and on the last attempt end it with one line instead of a traceback."""
     logger = get_run_logger()
+    if (task_run.run_count or 1) > 1:
+        batching = replace(batching, group=None)  # a retry runs alone: its group has gone on without it
     try:
-        return run_pair(pair, runner, logger).as_dict()
+        return run_pair(pair, runner, logger, batching).as_dict()
     except StyleError as exc:
         logger.error("%s: %s", pair.id, exc)
         return Failed(name=BAD_INPUT, message=f"{exc}")
@@ -218,8 +264,22 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
     retries = loaded.manifest.retries
     task = stylize_pair.with_options(retries=retries, retry_delay_seconds=loaded.manifest.retry_delay_seconds)
     logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
+    groups = plan_groups(pairs, loaded.manifest.batch_size, runner)
+    batched = [n for n in Counter(groups.values()).values() if n > 1]
+    if batched:
+        logger.info("%d pairs in %d groups that can share device batches (batch size %s)", sum(batched), len(batched), loaded.manifest.batch_size)
+    memory_limit = int(loaded.manifest.memory_limit_gb * 2**30) if loaded.manifest.memory_limit_gb else None
+    order = sorted(range(len(pairs)), key=_group_order(pairs, groups))  # a group's pairs are submitted together
+    batching_mod.batcher().expect([groups[pairs[i].id] for i in order if groups[pairs[i].id]])
     with _placement(runner):
-        futures = [task.submit(pair, runner=runner, retries=retries) for pair in pairs]
+        submitted = {
+            i: task.submit(
+                pairs[i], runner=runner, retries=retries,
+                batching=Batching(groups[pairs[i].id], loaded.manifest.batch_size, memory_limit),
+            )
+            for i in order
+        }
+    futures = [submitted[i] for i in range(len(pairs))]
     wait(futures)
     outcomes = list(extra_failures)
     for pair, future in zip(pairs, futures):
@@ -229,6 +289,31 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
         else:
             outcomes.append(PairOutcome(pair.id, "failed", pair.content, pair.style, error=state.message or state.name))
     return write_report(loaded, outcomes, time.perf_counter() - began)
+
+
+def plan_groups(pairs: list[PairSpec], batch_size: int | str, runner: str) -> dict[str, str | None]:
+    """Each pair's batch group, from its content's header (one small read each, in parallel); None runs alone.
+
+    On Ray every pair is a task in a process of its own, so there is nothing to share a batch with."""
+    if batch_size == 1 or runner == "ray" or len(pairs) < 2:
+        return {pair.id: None for pair in pairs}
+
+    def key(pair: PairSpec) -> str | None:
+        try:
+            size = images.peek_size(storage.read_head(pair.content))
+        except Exception:  # unreadable now: the pair task reports it properly
+            return None
+        return group_key(*images.scaled_size(*size, pair.options.size)[::-1], pair.options) if size else None
+
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="stylize-plan") as pool:
+        return dict(zip((p.id for p in pairs), pool.map(key, pairs)))
+
+
+def _group_order(pairs: list[PairSpec], groups: dict[str, str | None]):
+    first: dict[str | None, int] = {}
+    for index, pair in enumerate(pairs):
+        first.setdefault(groups[pair.id], index)
+    return lambda i: (first[groups[pairs[i].id]] if groups[pairs[i].id] else i, i)
 
 
 def _placement(runner: str):
@@ -293,7 +378,7 @@ def _finish(report: dict):
     return Completed(message=f"{len(report['pairs'])} pairs done", data=report)
 
 
-@flow(name="stylize-manifest", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+@flow(name="stylize-manifest", flow_run_name=_run_name, persist_result=False, validate_parameters=True, task_runner=ThreadPoolTaskRunner(max_workers=PAIR_THREADS))
 def stylize_manifest(manifest: str, output: str | None = None, runner: str = "local"):
     """Stylise every pair of a manifest; pairs already done with the same fingerprint are skipped."""
     try:
@@ -304,7 +389,7 @@ def stylize_manifest(manifest: str, output: str | None = None, runner: str = "lo
     return _finish(run_pairs(loaded, loaded.pairs, runner))
 
 
-@flow(name="stylize-retry-failed", flow_run_name=_run_name, persist_result=False)
+@flow(name="stylize-retry-failed", flow_run_name=_run_name, persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=PAIR_THREADS))
 def retry_failed(report: str, runner: str = "local"):
     """Re-run exactly the failed pairs of a report (inputs re-read, so fixed files are picked up)."""
     previous = json.loads(storage.read_bytes(report))

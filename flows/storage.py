@@ -93,6 +93,13 @@ def read_bytes(uri: str) -> bytes:
         return fs.cat_file(path)
 
 
+def read_head(uri: str, length: int = 1 << 16) -> bytes:
+    """The first `length` bytes (one ranged GET on S3): enough for an image header."""
+    with _named_errors(uri):
+        fs, path = url_to_fs(uri)
+        return fs.cat_file(path, start=0, end=length)
+
+
 def info(uri: str) -> dict:
     with _named_errors(uri):
         fs, path = url_to_fs(uri)

@@ -228,6 +228,13 @@ def planned_iterations(options: StyleOptions, height: int, width: int) -> int:
     return options.iterations + coarse * (options.coarse_iterations or options.iterations)
 
 
+def memory_estimate(options: StyleOptions, height: int, width: int, device: torch.device) -> memory.Estimate:
+    """What one image of this size costs with these options (preprocessing changes loss weights, not memory)."""
+    plan = make_plan(options, "caffe", height * width, device)
+    dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float32
+    return memory.estimate(plan.spec, _deepest(plan), height, width, options.optimizer, dtype)
+
+
 def _resize(image: Tensor, height: int, width: int) -> Tensor:
     if tuple(image.shape[-2:]) == (height, width):
         return image
@@ -453,7 +460,8 @@ def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, it
                 batch = max(1, batch // 2)
                 run.fallbacks.append(f"{where}: out of memory at batch {len(chunk)}, retried at batch {batch}")
             elif not tile:
-                tile = memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget // 2) or (max(h, w) // 128) * 64
+                tile = min(memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget), max(h, w) // 2)
+                tile = max(memory.MIN_TILE, tile // 64 * 64)
                 run.fallbacks.append(f"{where}: out of memory for one image, retried in tiles of {tile}")
             elif tile > memory.MIN_TILE:
                 smaller = max(memory.MIN_TILE, (tile // 2) // 64 * 64)

@@ -62,11 +62,30 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> Im
         raise BadImage(f"{name}: damaged image ({exc})") from None
 
 
-def resize_longer_side(image: Image.Image, longer_side: int) -> Image.Image:
-    width, height = image.size
+def scaled_size(width: int, height: int, longer_side: int) -> tuple[int, int]:
     scale = longer_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_longer_side(image: Image.Image, longer_side: int) -> Image.Image:
+    size = scaled_size(*image.size, longer_side)
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def peek_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) upright, from the first bytes of an image file; None where the header says nothing usable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(head))
+            width, height = image.size
+            orientation = image.getexif().get(0x0112) if hasattr(image, "getexif") else None
+    except Exception:  # a partial or damaged header: the pair finds out properly when it decodes
+        return None
+    return (height, width) if orientation in _ROTATED else (width, height)
 
 
 def to_tensor(image: Image.Image) -> Tensor:

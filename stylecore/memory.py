@@ -124,11 +124,11 @@ def largest_batch(cost: Estimate, budget: int, wanted: int) -> int:
     return max(1, min(wanted, (budget - cost.fixed) // max(cost.per_image, 1)))
 
 
-def largest_tile(spec: ModelSpec, deepest: int, height: int, width: int, dtype: torch.dtype, budget: int) -> int | None:
-    """The largest tile side (a multiple of 64) whose worst-case piece fits `budget`; None if the whole image fits."""
-    whole = estimate(spec, deepest, height, width, "adam", dtype)
-    if whole.total() <= budget:
-        return None
+def largest_tile(spec: ModelSpec, deepest: int, height: int, width: int, dtype: torch.dtype, budget: int) -> int:
+    """The largest tile side whose worst-case piece fits `budget` with Adam (the tiled optimiser); the whole
+    image's longer side when it fits in one piece."""
+    if estimate(spec, deepest, height, width, "adam", dtype).total() <= budget:
+        return max(height, width)
     tile = (max(height, width) // 64) * 64
     while tile > MIN_TILE:
         piece = min(height, tile * 3 // 2), min(width, tile * 3 // 2)  # a piece can be 1.5 tiles (slivers merge)

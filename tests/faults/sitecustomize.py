@@ -2,7 +2,7 @@
 
 STYLIZE_FAULTS is a JSON list of {"op": "write"|"read"|"oom", "match": substring, "times": n, "error": text}:
 the first n matching storage calls raise ConnectionError(text), as a flaky network would; "oom" makes
-the first n optimisations whose content URI matches raise torch.cuda.OutOfMemoryError, as a full GPU would.
+the first n batch optimisations raise torch.cuda.OutOfMemoryError, as a full GPU would.
 """
 
 import json
@@ -29,15 +29,15 @@ if _plan:
     if any(f["op"] == "oom" for f in _plan):
         import torch
 
-        from flows import pipeline
+        from flows import batching
 
-        real_stylize = pipeline.stylize
+        real_stylize_batch = batching.stylize_batch
 
-        def out_of_memory(content, style, options, *args, **kwargs):
+        def out_of_memory(jobs, *args, **kwargs):
             for fault in _plan:
                 if fault["op"] == "oom" and fault["times"] != 0:
                     fault["times"] -= 1
                     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-            return real_stylize(content, style, options, *args, **kwargs)
+            return real_stylize_batch(jobs, *args, **kwargs)
 
-        pipeline.stylize = out_of_memory
+        batching.stylize_batch = out_of_memory
