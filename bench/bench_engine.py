@@ -52,6 +52,12 @@ def weights_for(model: str):
 
 
 def baseline(model: str, loaded, size: int, iterations: int):
+    totals, seconds = baseline_run(model, loaded, size, iterations)
+    return seconds / len(totals), totals[iterations - 1]
+
+
+def baseline_run(model: str, loaded, size: int, iterations: int) -> tuple[list[float], float]:
+    """The tutorial-style loop on the same layers, weights and loss weights: its per-evaluation totals and seconds."""
     content, style = inputs(size)
     plan = make_plan(StyleOptions(model=model), loaded.preprocessing, content.shape[-1] * content.shape[-2], torch.device("cpu"))
     spec = MODELS[model]
@@ -63,7 +69,7 @@ def baseline(model: str, loaded, size: int, iterations: int):
         plan.content_layer, list(plan.style_layers), plan.content_weight, list(plan.style_weights),
     )
     _, totals, seconds = tutorial_baseline.run(net, cl, sl, content, iterations, plan.tv_weight)
-    return seconds / len(totals), totals[iterations - 1]
+    return totals, seconds
 
 
 def engine(model: str, loaded, size: int, iterations: int, precision: str):

@@ -95,12 +95,12 @@ class ManifestSettings(BaseModel):
         None, gt=0, le=4096, description="Memory to plan batches and tiles for, per device; default: what the device has free."
     )
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value):
-        if isinstance(value, int) and not 1 <= value <= 64:
-            raise ValueError("must be auto or 1-64")
-        return value
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError("must be auto or a whole number from 1 to 64")
 
     @field_validator("retry_delay_seconds", mode="before")
     @classmethod

@@ -91,8 +91,9 @@ class PairOutcome:
     outputs: dict[str, str] = field(default_factory=dict)
     final: dict[str, float] | None = None
     iterations: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # of the optimisation, shared with the rest of its batch
     device: str | None = None
+    batch: int = 1  # pairs optimised together with this one, itself included
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +199,7 @@ def run_pair(pair: PairSpec, runner: str, logger, batching: Batching = Batching(
     return PairOutcome(
         pair.id, "completed", pair.content, pair.style, outputs=uris, final=final,
         iterations=len(result.history), seconds=round(result.seconds, 3), device=str(result.plan.device),
+        batch=result.extra.get("batch_size", 1),
     )
 
 

@@ -23,10 +23,12 @@ def summary_counts(pairs: list[dict]) -> dict[str, int]:
 
 
 def gpu_seconds_by_device(pairs: list[dict]) -> dict[str, float]:
+    """Device time per device; a batch's time is shared by its pairs, so each counts its share."""
     totals: dict[str, float] = {}
     for pair in pairs:
         if pair["status"] == "completed" and pair.get("device"):
-            totals[pair["device"]] = round(totals.get(pair["device"], 0.0) + pair.get("seconds", 0.0), 3)
+            share = pair.get("seconds", 0.0) / max(1, pair.get("batch") or 1)
+            totals[pair["device"]] = round(totals.get(pair["device"], 0.0) + share, 3)
     return totals
 
 

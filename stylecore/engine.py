@@ -339,6 +339,7 @@ def stylize_batch(
         bests.update(scale_bests)
 
     results: list[Result | Exception] = []
+    seconds = run.clock()  # one batch, one duration: its pairs share it
     for i, job in enumerate(jobs):
         if i in run.errors:
             results.append(run.errors[i])
@@ -354,7 +355,7 @@ def stylize_batch(
                 plan=plan,
                 weights_sha256=loaded.sha256,
                 weights_source=loaded.source,
-                seconds=run.clock(),
+                seconds=seconds,
                 extra={
                     "scales": [list(size[::-1]) for size in sizes],
                     "memory": {"budget_bytes": run.budget, "plan": run.scales_log, "fallbacks": run.fallbacks},

@@ -48,6 +48,22 @@ def test_expansion_globs_lists_ids_and_overrides(folder):
     assert load(path).pairs == loaded.pairs  # deterministic
 
 
+def test_a_pair_may_blend_styles_with_weights(folder):
+    path = write(
+        folder,
+        "output: out\nbatch_size: 4\nmemory_limit_gb: 8\npairs:\n"
+        "  - {content: 'photos/*.png', style: {styles/s1.jpg: 0.7, styles/s2.jpg: 0.3}}\n"
+        "  - {id: plain, content: photos/a.png, style: styles/s1.jpg}\n",
+    )
+    loaded = load(path)
+    assert [p.id for p in loaded.pairs] == ["a-s1-s2", "b-s1-s2", "plain"]
+    blend = loaded.pairs[0]
+    assert blend.styles == ((str(folder / "styles" / "s1.jpg"), 0.7), (str(folder / "styles" / "s2.jpg"), 0.3))
+    assert blend.style == str(folder / "styles" / "s1.jpg")  # the first, for tables and contact sheets
+    assert loaded.pairs[2].styles == ((str(folder / "styles" / "s1.jpg"), 1.0),) and loaded.pairs[2].blend == ()
+    assert loaded.manifest.batch_size == 4 and loaded.manifest.memory_limit_gb == 8
+
+
 def test_colliding_derived_ids_get_a_hash(folder):
     (folder / "other").mkdir()
     (folder / "other" / "a.png").write_bytes(fixtures.rgb_png())
@@ -74,6 +90,14 @@ def test_colliding_derived_ids_get_a_hash(folder):
         ("output: out\npairs:\n  - {id: a/b, content: photos/a.png, style: styles/s1.jpg}\n", ["pairs[0].id"]),
         ("output: out\npairs:\n  - {id: _hidden, content: photos/a.png, style: styles/s1.jpg}\n", ["pairs[0].id"]),
         ("output: out\npairs:\n  - {content: photos/a.png}\n", ["pairs[0].style: Field required"]),
+        ("output: out\npairs:\n  - {content: photos/a.png, style: {styles/s1.jpg: -1}}\n", ["job.yaml:3: pairs[0].style: blend weight of 'styles/s1.jpg' must be a positive number (got -1"]),
+        ("output: out\npairs:\n  - {content: photos/a.png, style: {'styles/*.jpg': 1}}\n", ["pairs[0].style: a blend names images, not globs"]),
+        ("output: out\npairs:\n  - content: photos/a.png\n    style: {styles/s1.jpg: 1, styles/gone.jpg: 2}\n", ["job.yaml:4: pairs[0].style.styles/gone.jpg: missing input 'styles/gone.jpg'"]),
+        ("output: out\nbatch_size: 0\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: batch_size: must be auto or a whole number from 1 to 64 (got 0)"]),
+        ("output: out\nbatch_size: many\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: batch_size: must be auto"]),
+        ("output: out\nmemory_limit_gb: -2\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: memory_limit_gb: Input should be greater than 0"]),
+        ("output: out\ndefaults: {style_size: 300, style_scale: 0.5}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults: style_size and style_scale both set"]),
+        ("output: out\ndefaults: {colour: sepia}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults.colour: Input should be 'style', 'luminance' or 'histogram'"]),
     ],
 )
 def test_each_problem_is_one_line_naming_where_and_what(folder, text, expected):

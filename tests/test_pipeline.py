@@ -114,6 +114,32 @@ def test_local_run_writes_everything_then_skips(workspace, prefect_api):
     assert code == 0 and "1 completed, 1 skipped, 0 failed" in out
 
 
+def test_pairs_of_one_size_share_a_device_batch(workspace, prefect_api):
+    pairs = (
+        "  - content: photos/tubingen.png\n    style: [styles/starry_night.png, styles/the_scream.png]\n"
+        "  - id: blend\n    content: photos/tubingen.png\n    style: {styles/starry_night.png: 0.6, styles/the_scream.png: 0.4}\n"
+        "  - id: tall\n    content: styles/the_scream.png\n    style: styles/starry_night.png\n"
+    )
+    (workspace / "batch.yaml").write_text(manifest_text("batched", pairs, _shared_weights()))
+    code, out, err = run_cli("run", str(workspace / "batch.yaml"))
+    assert code == 0, err
+    assert "4 completed, 0 skipped, 0 failed" in out
+    metas = {p.name: json.loads((p / "meta.json").read_text()) for p in (workspace / "batched").iterdir() if p.name != "_runs"}
+    assert {name: m["batch"]["size"] for name, m in metas.items()} == {
+        "tubingen-starry_night": 3, "tubingen-the_scream": 3, "blend": 3, "tall": 1,
+    }
+    assert metas["blend"]["inputs"]["style"]["blend"][1]["weight"] == 0.4
+    assert metas["tall"]["size"] == [38, 48] and metas["blend"]["size"] == [48, 36]
+    plan = metas["blend"]["memory"]["plan"]
+    assert plan[0]["batch"] == 3 and plan[0]["size"] == [48, 36] and plan[0]["estimate_bytes"] > 0
+    (run_dir,) = (workspace / "batched" / "_runs").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    by_id = {p["id"]: p for p in report["pairs"]}
+    assert by_id["blend"]["batch"] == 3
+    shared = by_id["blend"]["seconds"]  # a batch's device time is counted once, not once per pair
+    assert report["device_seconds"]["cpu"] == pytest.approx(shared + by_id["tall"]["seconds"], abs=0.01)
+
+
 def _weights(workspace: Path) -> str:
     return json.loads((workspace / "out" / "tubingen-starry" / "meta.json").read_text())["weights"]["source"]
 
