@@ -39,6 +39,8 @@ def tile_bounds(length: int, tile: int, offset: int) -> list[tuple[int, int]]:
     for cut in range(offset % tile, length, tile):
         if cut - bounds[-1] >= tile // 2 and length - cut >= tile // 2:
             bounds.append(cut)
+    if len(bounds) == 1 and length > tile * 3 // 2:  # every cut fell near an end: cut once, still shifted
+        bounds.append(min(max(offset % tile, tile // 2), length - tile // 2))
     bounds.append(length)
     return list(zip(bounds, bounds[1:]))
 
