@@ -60,43 +60,46 @@ def test_empty_pool_is_refused():
 
 
 @pytest.mark.slow
-def test_the_flow_runs_one_pair_per_fake_gpu(tmp_path, prefect_api, squeezenet_weights, monkeypatch):
-    """Two fake GPUs, four pairs: two run at once, each on its own device, and meta.json says which."""
+def test_the_flow_runs_one_batch_per_fake_gpu(tmp_path, prefect_api, squeezenet_weights, monkeypatch):
+    """Two fake GPUs, eight pairs in batches of two: two batches run at once, each on its own device, never two
+    on one device, and meta.json says which device made each pair."""
     import json
 
-    from flows import commands, pipeline
-    from stylecore import engine
+    from flows import batching, commands, pipeline
 
     from .test_pipeline import small_png
 
-    for name in ("a", "b", "c", "d"):
+    names = "abcdefgh"
+    for name in names:
         (tmp_path / f"{name}.png").write_bytes(small_png("tubingen.jpg"))
     (tmp_path / "style.png").write_bytes(small_png("starry_night.jpg"))
     (tmp_path / "job.yaml").write_text(
-        f"output: out\ndefaults: {{model: squeezenet1_1, weights: {squeezenet_weights}, size: 32, iterations: 3}}\n"
+        f"output: out\nbatch_size: 2\ndefaults: {{model: squeezenet1_1, weights: {squeezenet_weights}, size: 32, iterations: 3}}\n"
         "pairs:\n  - {content: '?.png', style: style.png}\n"
     )
-    spans: list[tuple[str, float, float]] = []
-    real_stylize = engine.stylize
+    spans: list[tuple[str, int, float, float]] = []
+    real_stylize_batch = batching.stylize_batch
 
-    def on_fake_gpu(content, style, options, on_iteration=None, weights=None):
+    def on_fake_gpu(jobs, options, on_iteration=None, **kwargs):
         began = time.monotonic()
-        result = real_stylize(content, style, options.merged({"device": "cpu"}), on_iteration, weights)
+        results = real_stylize_batch(jobs, options.merged({"device": "cpu"}), on_iteration, **kwargs)
         time.sleep(0.5)  # long enough for overlaps to show
-        spans.append((options.device, began, time.monotonic()))
-        result.plan = type(result.plan)(**{**result.plan.__dict__, "device": options.device})
-        return result
+        spans.append((options.device, len(jobs), began, time.monotonic()))
+        for result in results:
+            result.plan = type(result.plan)(**{**result.plan.__dict__, "device": options.device})
+        return results
 
-    monkeypatch.setattr(pipeline, "stylize", on_fake_gpu)
+    monkeypatch.setattr(batching, "stylize_batch", on_fake_gpu)
     assert commands._run_flow(pipeline.stylize_manifest, "local", "cuda:0,cuda:1", manifest=str(tmp_path / "job.yaml")) == 0
-    assert sorted(d for d, _, _ in spans) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    assert sorted((d, n) for d, n, _, _ in spans) == [("cuda:0", 2), ("cuda:0", 2), ("cuda:1", 2), ("cuda:1", 2)]
     for device in ("cuda:0", "cuda:1"):
-        mine = sorted((b, e) for d, b, e in spans if d == device)
-        assert mine[0][1] <= mine[1][0], f"two pairs overlapped on {device}"
-    overlapping = any(b1 < e2 and b2 < e1 for (d1, b1, e1) in spans for (d2, b2, e2) in spans if d1 != d2)
+        mine = sorted((b, e) for d, _, b, e in spans if d == device)
+        assert mine[0][1] <= mine[1][0], f"two batches overlapped on {device}"
+    overlapping = any(b1 < e2 and b2 < e1 for (d1, _, b1, e1) in spans for (d2, _, b2, e2) in spans if d1 != d2)
     assert overlapping, "the two devices never worked at the same time"
-    metas = [json.loads((tmp_path / "out" / f"{n}-style" / "meta.json").read_text()) for n in "abcd"]
-    assert sorted(m["worker"]["device"] for m in metas) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    metas = [json.loads((tmp_path / "out" / f"{n}-style" / "meta.json").read_text()) for n in names]
+    assert sorted(m["worker"]["device"] for m in metas) == ["cuda:0"] * 4 + ["cuda:1"] * 4
+    assert all(m["batch"] == {"size": 2, "limit": 2} for m in metas)
     (run_dir,) = (tmp_path / "out" / "_runs").iterdir()
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["device_seconds"]) == {"cuda:0", "cuda:1"}
