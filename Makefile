@@ -12,7 +12,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export STYLIZE_CACHE ?= $(CACHE)/stylize
 
-.PHONY: setup system-deps demo test test-fast bench schema clean
+.PHONY: setup system-deps demo test test-fast bench bench-gpu schema clean
 
 setup: $(STAMP)
 
@@ -46,7 +46,14 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_throughput.py
+	$(PY) bench/bench_memory.py --sizes 512 1024 2048
+	$(PY) bench/bench_memory.py --sizes 2048 --memory-limit-gb 4
 	$(PY) bench/bench_orchestration.py --pairs 500
+
+bench-gpu: setup
+	$(PY) bench/bench_gpu.py --size 256 --json bench-gpu-256.json
+	$(PY) bench/bench_gpu.py --size 512 --json bench-gpu-512.json
 
 schema: setup
 	$(PY) -m flows.manifest > manifests/manifest.schema.json

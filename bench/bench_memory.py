@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(model: str, size: int, iterations: int, batch: int, device: str) -> dict:
+def measure(model: str, size: int, iterations: int, batch: int, device: str, limit_gb: float | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     import torch
@@ -35,7 +35,8 @@ def measure(model: str, size: int, iterations: int, batch: int, device: str) -> 
         base = torch.cuda.memory_allocated()
     else:
         base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
-    (result, *_) = stylize_batch([Job(content, [(style, 1.0)])] * batch, options, weights=loaded, max_batch=batch)
+    limit = int(limit_gb * 2**30) if limit_gb else None
+    (result, *_) = stylize_batch([Job(content, [(style, 1.0)])] * batch, options, weights=loaded, max_batch=batch, memory_limit=limit)
     if isinstance(result, Exception):
         raise result
     if device.startswith("cuda"):
@@ -55,20 +56,24 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-limit-gb", type=float, help="plan for this much memory (tiles the sizes that do not fit)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.one, args.iterations, args.batch, args.device)))
+        print(json.dumps(measure(args.model, args.one, args.iterations, args.batch, args.device, args.memory_limit_gb)))
         return
-    print(f"| model | size | batch | precision | tiles | estimate | measured peak | estimate / peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| model | size | batch | precision | scales | tiles | estimate | measured peak | estimate / peak | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         command = [sys.executable, __file__, "--one", str(size), "--model", args.model, "--iterations", str(args.iterations),
                    "--batch", str(args.batch), "--device", args.device]
+        if args.memory_limit_gb:
+            command += ["--memory-limit-gb", str(args.memory_limit_gb)]
         row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
-        print(f"| {row['model']} | {row['pixels'][1]}×{row['pixels'][0]} | {row['batch']} | {row['precision']} | {row['tile'] or 'none'} "
-              f"| {gib(row['estimate_bytes'])} | {gib(row['peak_bytes'])} | {row['estimate_bytes'] / row['peak_bytes']:.2f} |", flush=True)
+        scales = " → ".join(str(max(s)) for s in row["scales"])
+        print(f"| {row['model']} | {row['pixels'][1]}×{row['pixels'][0]} | {row['batch']} | {row['precision']} | {scales} | {row['tile'] or 'none'} "
+              f"| {gib(row['estimate_bytes'])} | {gib(row['peak_bytes'])} | {row['estimate_bytes'] / row['peak_bytes']:.2f} | {row['seconds']} |", flush=True)
 
 
 if __name__ == "__main__":

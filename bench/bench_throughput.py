@@ -26,14 +26,25 @@ from bench_engine import SHARED, baseline_run, inputs, weights_for  # noqa: E402
 from stylecore import Job, StyleOptions, images, stylize, stylize_batch  # noqa: E402
 
 
+class _Reached(Exception):
+    pass
+
+
 def seconds_to_reach(target: float, options: StyleOptions, content, style, loaded) -> tuple[float | None, int]:
     """Seconds from the start until the loss at the output size first reaches `target` (None: never)."""
-    result = stylize(content, style, options, weights=loaded)
-    final_scale = max(r.scale for r in result.history)
-    for record in result.history:
+    final_scale = options.scales - 1
+    seen = []
+
+    def check(record):
+        seen.append(record)
         if record.scale == final_scale and record.total <= target:
-            return record.seconds, record.iteration
-    return None, len(result.history)
+            raise _Reached  # ends the run: an error of this image, raised by stylize
+
+    try:
+        stylize(content, style, options, on_iteration=check, weights=loaded)
+    except _Reached:
+        return seen[-1].seconds, seen[-1].iteration
+    return None, len(seen)
 
 
 def time_to_equal_loss(model: str, size: int, iterations: int) -> None:

@@ -439,7 +439,16 @@ def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, it
         tile = memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget)
     pending = run.alive(sorted(starts))
     batch = 1 if tile else memory.largest_batch(cost, run.budget, min(len(pending), run.max_batch or len(pending)))
-    entry = {"size": [w, h], "iterations": iterations, "estimate_bytes": cost.total(batch), "batch": batch, "tile": tile}
+
+    def planned(batch: int, tile: int | None) -> dict:
+        if tile:  # the worst-case piece, with Adam, plus the whole image's optimiser state
+            piece = min(h, tile * 3 // 2), min(w, tile * 3 // 2)
+            estimate = memory.estimate(plan.spec, deepest, *piece, "adam", run.dtype, image_pixels=h * w).total()
+        else:
+            estimate = cost.total(batch)
+        return {"size": [w, h], "iterations": iterations, "estimate_bytes": estimate, "batch": batch, "tile": tile}
+
+    entry = planned(batch, tile)
     run.scales_log.append(entry)
     bests: dict[int, tuple[Tensor, IterationRecord]] = {}
     while pending:
@@ -470,7 +479,7 @@ def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, it
                 tile = smaller
             else:
                 raise OutOfMemory(f"{where}: out of memory even in tiles of {tile} px ({exc})".splitlines()[0]) from exc
-            entry.update(batch=batch, tile=tile)
+            entry.update(planned(batch, tile))
     return bests
 
 
