@@ -24,7 +24,6 @@ def measure(model: str, size: int, iterations: int, batch: int, device: str, lim
 
     from bench_engine import inputs, weights_for
     from stylecore import Job, StyleOptions, stylize_batch
-    from stylecore.engine import load_weights  # noqa: F401  (weights_for warms the cache)
 
     loaded, _ = weights_for(model)
     content, style = inputs(size)
@@ -62,7 +61,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.model, args.one, args.iterations, args.batch, args.device, args.memory_limit_gb)))
         return
-    print(f"| model | size | batch | precision | scales | tiles | estimate | measured peak | estimate / peak | seconds |")
+    print("| model | size | batch | precision | scales | tiles | estimate | measured peak | estimate / peak | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         command = [sys.executable, __file__, "--one", str(size), "--model", args.model, "--iterations", str(args.iterations),

@@ -24,11 +24,26 @@ def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubin
     assert done.returncode == 0, done.stderr
     assert Image.open(output).size == (64, 48)
     rows = list(csv.reader(open(output.parent / "losses.csv")))
-    assert rows[0] == ["iteration", "content", "style", "tv", "total", "seconds"]
+    assert rows[0] == ["iteration", "content", "style", "tv", "total", "seconds", "scale"]
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 13))
     assert float(rows[-1][2]) < float(rows[1][2])
     assert "it/s" in done.stderr  # the progress bar
     assert sorted(p.name for p in output.parent.iterdir()) == ["losses.csv", "tubingen.png"]  # no temporaries left
+
+
+def test_one_blends_styles_over_two_scales_in_tiles(tmp_path, squeezenet_weights):
+    output = tmp_path / "blend.png"
+    done = stylize(
+        "one", str(IMAGES / "tubingen.jpg"), f"{IMAGES / 'starry_night.jpg'}=0.6", str(output),
+        "--blend", f"{IMAGES / 'the_scream.jpg'}=0.4", "--model", "squeezenet1_1", "--weights", str(squeezenet_weights),
+        "--size", "192", "--scales", "2", "--coarse-iterations", "4", "--iterations", "3", "--tile", "64",
+        "--colour", "luminance", "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(output).size == (192, 144)
+    assert "scales: 96×72, 192×144 in tiles of 64" in done.stdout
+    rows = list(csv.DictReader(open(tmp_path / "losses.csv")))
+    assert [r["scale"] for r in rows] == ["0"] * 4 + ["1"] * 3
 
 
 @pytest.mark.parametrize(
@@ -40,6 +55,11 @@ def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubin
         (["{good}", "{style}", "{out}", "--optimizer", "sgd"], "--optimizer"),
         (["{good}", "{style}", "{out}", "--tv-weight", "nan"], "--tv-weight"),
         (["{good}", "{style}", "{out}", "--model", "vgg16", "--weights", "{text}"], "not a torch weights file"),
+        (["{good}", "{style}", "{out}", "--blend", "{good}=much"], "the blend weight after '=' must be a number"),
+        (["{good}", "{style}=-1", "{out}"], "the blend weight must be positive"),
+        (["{good}", "{style}", "{out}", "--style-size", "100", "--style-scale", "0.5"], "style_size and style_scale both set"),
+        (["{good}", "{style}", "{out}", "--colour", "sepia"], "--colour"),
+        (["{good}", "{style}", "{out}", "--early-stop", "2"], "--early-stop: Input should be less than 1"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, args, expected):
