@@ -162,6 +162,13 @@ def run_pair(pair: PairSpec, runner: str, logger, batching: Batching = Batching(
         if group_left:  # this planned member will never arrive: its group need not wait for it
             batching_mod.batcher().withdraw(batching.group)
     final = {k: getattr(result.final, k) for k in ("content", "style", "tv", "total")}
+    together = result.extra.get("batch_size", 1)
+    logger.info(
+        "%s: optimised on %s%s in %.1fs", pair.id, result.plan.device,
+        f" in a batch of {together}" if together > 1 else "", result.seconds,
+    )
+    for note in result.extra.get("memory", {}).get("fallbacks", []):
+        logger.warning("%s: %s", pair.id, note)
 
     storage.write_bytes(uris["image"], images.encode_png(result.image))
     storage.write_bytes(uris["losses_csv"], outputs.losses_csv(result.history))
