@@ -29,7 +29,7 @@ from stylecore.options import StyleOptions
 from . import devices
 
 LINGER_SECONDS = 0.5
-MAX_AUTO_BATCH = 8  # beyond this the GPU is saturated (bench/) and a failure costs more pairs at once
+MAX_AUTO_BATCH = 8  # a crash costs a whole batch; bench/bench_gpu.py shows where a GPU stops gaining from more
 
 
 def group_key(height: int, width: int, options: StyleOptions) -> str:

@@ -333,7 +333,7 @@ def stylize_batch(
                 starts[i] = _initial_image(contents[i], options)
             else:
                 starts[i] = _resize(bests[i][0].to(device), h, w)
-        grams = {i: _style_grams(run, encoder, plan, styles, h / height) for i, (_, styles) in enumerate(prepared)}
+        grams = {i: _style_grams(run, encoder, plan, prepared[i][1], h / height) for i in run.alive(range(len(jobs)))}
         iterations = options.iterations if final else (options.coarse_iterations or options.iterations)
         scale_bests = _optimise_scale(run, encoder, plan, scale, (h, w), contents, grams, starts, iterations, final)
         bests.update(scale_bests)
