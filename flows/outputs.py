@@ -15,7 +15,7 @@ from stylecore.options import StyleOptions
 
 from . import storage
 
-LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "seconds", "scale")
+LOSS_COLUMNS = ("iteration", "content", "style", "tv", "total", "scale", "seconds")  # wall clock last
 
 
 def losses_csv(history: list[IterationRecord]) -> bytes:
@@ -23,7 +23,7 @@ def losses_csv(history: list[IterationRecord]) -> bytes:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(LOSS_COLUMNS)
     for r in history:
-        writer.writerow([r.iteration, f"{r.content:.6g}", f"{r.style:.6g}", f"{r.tv:.6g}", f"{r.total:.6g}", f"{r.seconds:.4f}", r.scale])
+        writer.writerow([r.iteration, f"{r.content:.6g}", f"{r.style:.6g}", f"{r.tv:.6g}", f"{r.total:.6g}", r.scale, f"{r.seconds:.4f}"])
     return buffer.getvalue().encode()
 
 

@@ -24,7 +24,7 @@ def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubin
     assert done.returncode == 0, done.stderr
     assert Image.open(output).size == (64, 48)
     rows = list(csv.reader(open(output.parent / "losses.csv")))
-    assert rows[0] == ["iteration", "content", "style", "tv", "total", "seconds", "scale"]
+    assert rows[0] == ["iteration", "content", "style", "tv", "total", "scale", "seconds"]
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 13))
     assert float(rows[-1][2]) < float(rows[1][2])
     assert "it/s" in done.stderr  # the progress bar

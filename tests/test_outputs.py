@@ -15,7 +15,7 @@ def history(n=50):
 
 def test_csv_has_the_columns_and_one_row_per_iteration():
     rows = list(csv.reader(io.StringIO(outputs.losses_csv(history()).decode())))
-    assert rows[0] == ["iteration", "content", "style", "tv", "total", "seconds", "scale"]
+    assert rows[0] == ["iteration", "content", "style", "tv", "total", "scale", "seconds"]
     assert len(rows) == 51 and rows[1][:2] == ["1", "0"] and float(rows[50][2]) == 20.0
 
 

@@ -87,7 +87,7 @@ def test_local_run_writes_everything_then_skips(workspace, prefect_api):
         assert Image.open(folder / "stylized.png").size == (48, 36)
         assert Image.open(folder / "losses.png").format == "PNG"
         rows = list(csv.DictReader(open(folder / "losses.csv")))
-        assert len(rows) == iterations and list(rows[0]) == ["iteration", "content", "style", "tv", "total", "seconds", "scale"]
+        assert len(rows) == iterations and list(rows[0]) == ["iteration", "content", "style", "tv", "total", "scale", "seconds"]
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["status"] == "completed" and meta["iterations"] == iterations
         assert meta["inputs"]["content"]["sha256"] == storage_sha(workspace / "photos" / "tubingen.png")
