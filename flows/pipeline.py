@@ -153,10 +153,13 @@ def run_pair(pair: PairSpec, runner: str, logger, batching: Batching = Batching(
         height, width = content.shape[-2:]
         limit = batching.size if isinstance(batching.size, int) else batch_size_for(options, height, width)
         reporter = ProgressReporter(pair.id, planned_iterations(options, height, width), logger)
+        group = batching.group if batching.group == group_key(height, width, options) else None
+        if batching.group and group is None:  # the header misled the plan: run alone, and let the group go on
+            batching_mod.batcher().withdraw(batching.group)
         group_left = False
         result = batching_mod.batcher().run(
-            batching.group if batching.group == group_key(height, width, options) else None,
-            Job(content, styles), options, limit, on_iteration=reporter, weights=loaded_weights, memory_limit=batching.memory_limit,
+            group, Job(content, styles), options, limit, on_iteration=reporter, weights=loaded_weights,
+            memory_limit=batching.memory_limit,
         )
     finally:
         if group_left:  # this planned member will never arrive: its group need not wait for it
