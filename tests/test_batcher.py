@@ -128,3 +128,29 @@ def test_auto_batch_size_follows_the_memory_estimate(monkeypatch):
     assert batching.auto_batch_size(options, 384, 512, "cpu") == batching.MAX_AUTO_BATCH
     monkeypatch.setattr(memory, "device_budget", lambda device: 1)
     assert batching.auto_batch_size(options, 384, 512, "cpu") == 1
+
+
+def test_the_flow_plans_groups_from_headers(tmp_path):
+    """Same output size and options → one group; a rotated photo is planned upright; unreadable → alone."""
+    from flows.manifest import PairSpec
+    from flows.pipeline import plan_groups
+    from stylecore import images
+
+    from . import images as fixtures
+
+    files = {
+        "wide.png": fixtures.rgb_png(40, 30), "wide-too.jpg": fixtures.jpeg(80, 60), "tall.png": fixtures.rgb_png(30, 40),
+        "rotated.jpg": fixtures.exif_rotated_jpeg(), "broken.png": b"\x89PNG not really",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    options = StyleOptions(size=64)
+    pairs = [PairSpec(name, str(tmp_path / name), str(tmp_path / "wide.png"), options, "") for name in files]
+    groups = plan_groups(pairs, "auto", "local")
+    assert groups["wide.png"] == groups["wide-too.jpg"] == batching.group_key(48, 64, options)
+    assert groups["tall.png"] == batching.group_key(64, 48, options)
+    rotated = images.load(files["rotated.jpg"], 64)  # what the pair task will decode: the key must agree
+    assert groups["rotated.jpg"] == batching.group_key(*rotated.shape[-2:], options)
+    assert groups["broken.png"] is None
+    assert set(plan_groups(pairs, 1, "local").values()) == {None}  # batch_size 1: nothing to plan
+    assert set(plan_groups(pairs, "auto", "ray").values()) == {None}
