@@ -28,7 +28,7 @@ from stylecore.options import StyleOptions
 
 from . import devices
 
-LINGER_SECONDS = 0.5
+LINGER_SECONDS = 2.0  # a planned member may still be reading its inputs (or the first weights load)
 MAX_AUTO_BATCH = 8  # a crash costs a whole batch; bench/bench_gpu.py shows where a GPU stops gaining from more
 
 

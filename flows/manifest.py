@@ -27,6 +27,7 @@ from . import storage
 
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: thousands of pairs fit; more is a mistake or an attack
 MAX_YAML_NODES = 200_000  # nodes after expanding aliases (a "billion laughs" expands to far more)
+MAX_BATCH_SIZE = 16  # the flow keeps two batches' worth of pair tasks in flight per device
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PAIR_KEYS = ("id", "content", "style")
 
@@ -98,9 +99,9 @@ class ManifestSettings(BaseModel):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value):
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BATCH_SIZE):
             return value
-        raise ValueError("must be auto or a whole number from 1 to 64")
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_BATCH_SIZE}")
 
     @field_validator("retry_delay_seconds", mode="before")
     @classmethod

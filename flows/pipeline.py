@@ -38,7 +38,7 @@ from stylecore.errors import StyleError
 from . import batching as batching_mod, devices, outputs, report as report_mod, storage
 from .batching import group_key
 from .progress import ProgressReporter, artifact_key
-from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
+from .manifest import MAX_BATCH_SIZE, BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
@@ -217,8 +217,8 @@ def batch_size_for(options, height: int, width: int) -> int:
     return batching_mod.auto_batch_size(options, height, width, devices.pool().devices[0])
 
 
-# Pair tasks in flight per device: two batches' worth, so the next batch reads its inputs while one runs.
-PAIR_THREADS = 2 * batching_mod.MAX_AUTO_BATCH
+# Pair tasks in flight per device: two of the largest batches, so the next one reads its inputs while one runs.
+PAIR_THREADS = 2 * MAX_BATCH_SIZE
 
 BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
 
@@ -279,7 +279,10 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
     groups = plan_groups(pairs, loaded.manifest.batch_size, runner)
     batched = [n for n in Counter(groups.values()).values() if n > 1]
     if batched:
-        logger.info("%d pairs in %d groups that can share device batches (batch size %s)", sum(batched), len(batched), loaded.manifest.batch_size)
+        logger.info(
+            "%d pairs in %d group%s that can share device batches (batch size %s)",
+            sum(batched), len(batched), "s" * (len(batched) > 1), loaded.manifest.batch_size,
+        )
     memory_limit = int(loaded.manifest.memory_limit_gb * 2**30) if loaded.manifest.memory_limit_gb else None
     order = sorted(range(len(pairs)), key=_group_order(pairs, groups))  # a group's pairs are submitted together
     batching_mod.batcher().expect([groups[pairs[i].id] for i in order if groups[pairs[i].id]])

@@ -93,7 +93,7 @@ def test_colliding_derived_ids_get_a_hash(folder):
         ("output: out\npairs:\n  - {content: photos/a.png, style: {styles/s1.jpg: -1}}\n", ["job.yaml:3: pairs[0].style: blend weight of 'styles/s1.jpg' must be a positive number (got -1"]),
         ("output: out\npairs:\n  - {content: photos/a.png, style: {'styles/*.jpg': 1}}\n", ["pairs[0].style: a blend names images, not globs"]),
         ("output: out\npairs:\n  - content: photos/a.png\n    style: {styles/s1.jpg: 1, styles/gone.jpg: 2}\n", ["job.yaml:4: pairs[0].style.styles/gone.jpg: missing input 'styles/gone.jpg'"]),
-        ("output: out\nbatch_size: 0\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: batch_size: must be auto or a whole number from 1 to 64 (got 0)"]),
+        ("output: out\nbatch_size: 0\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: batch_size: must be auto or a whole number from 1 to 16 (got 0)"]),
         ("output: out\nbatch_size: many\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: batch_size: must be auto"]),
         ("output: out\nmemory_limit_gb: -2\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: memory_limit_gb: Input should be greater than 0"]),
         ("output: out\ndefaults: {style_size: 300, style_scale: 0.5}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults: style_size and style_scale both set"]),
