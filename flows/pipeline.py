@@ -277,7 +277,7 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
     task = stylize_pair.with_options(retries=retries, retry_delay_seconds=loaded.manifest.retry_delay_seconds)
     logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
     groups = plan_groups(pairs, loaded.manifest.batch_size, runner)
-    batched = [n for n in Counter(groups.values()).values() if n > 1]
+    batched = [n for group, n in Counter(groups.values()).items() if group is not None and n > 1]
     if batched:
         logger.info(
             "%d pairs in %d group%s that can share device batches (batch size %s)",

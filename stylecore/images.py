@@ -77,14 +77,17 @@ _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 def peek_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) upright, from the first bytes of an image file; None where the header says nothing usable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             image = Image.open(io.BytesIO(head))
             width, height = image.size
-            orientation = image.getexif().get(0x0112) if hasattr(image, "getexif") else None
-    except Exception:  # a partial or damaged header: the pair finds out properly when it decodes
-        return None
+        except Exception:  # a partial or damaged header: the pair finds out properly when it decodes
+            return None
+        try:
+            orientation = image.getexif().get(0x0112)
+        except Exception:  # EXIF beyond the bytes read (a PNG may keep it after the pixels): take it as upright
+            orientation = None
     return (height, width) if orientation in _ROTATED else (width, height)
 
 

@@ -141,16 +141,28 @@ def test_the_flow_plans_groups_from_headers(tmp_path):
     files = {
         "wide.png": fixtures.rgb_png(40, 30), "wide-too.jpg": fixtures.jpeg(80, 60), "tall.png": fixtures.rgb_png(30, 40),
         "rotated.jpg": fixtures.exif_rotated_jpeg(), "broken.png": b"\x89PNG not really",
+        "noisy.png": noise_png(400, 300),  # larger than the bytes the plan reads
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     options = StyleOptions(size=64)
     pairs = [PairSpec(name, str(tmp_path / name), str(tmp_path / "wide.png"), options, "") for name in files]
     groups = plan_groups(pairs, "auto", "local")
-    assert groups["wide.png"] == groups["wide-too.jpg"] == batching.group_key(48, 64, options)
+    assert len(files["noisy.png"]) > 1 << 16
+    assert groups["wide.png"] == groups["wide-too.jpg"] == groups["noisy.png"] == batching.group_key(48, 64, options)
     assert groups["tall.png"] == batching.group_key(64, 48, options)
     rotated = images.load(files["rotated.jpg"], 64)  # what the pair task will decode: the key must agree
     assert groups["rotated.jpg"] == batching.group_key(*rotated.shape[-2:], options)
     assert groups["broken.png"] is None
     assert set(plan_groups(pairs, 1, "local").values()) == {None}  # batch_size 1: nothing to plan
     assert set(plan_groups(pairs, "auto", "ray").values()) == {None}
+
+
+def noise_png(width: int, height: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    from . import images as fixtures
+
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return fixtures.encode(Image.fromarray(pixels, "RGB"))
