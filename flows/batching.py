@@ -96,17 +96,23 @@ class Batcher:
                     self._open[key] = group
             group.members.append(member)
             group.last_arrival = time.monotonic()
+            if len(group.members) >= group.limit:
+                self._close(key, group)  # full: whoever comes next starts the next batch
             self._cond.notify_all()
             if leader and planned:
                 while not self._ready(key, group):
                     self._cond.wait(timeout=max(0.01, group.last_arrival + self.linger - time.monotonic()))
-                self._open.pop(key, None)
+                self._close(key, group)
         if leader:
             self._execute(group, options, engine_kwargs)
         member.done.wait()
         if isinstance(member.outcome, BaseException):
             raise member.outcome
         return member.outcome
+
+    def _close(self, key, group: _Group) -> None:
+        if self._open.get(key) is group:
+            del self._open[key]
 
     def _ready(self, key, group: _Group) -> bool:
         return (

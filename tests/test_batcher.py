@@ -61,6 +61,25 @@ def test_a_group_splits_at_its_limit(recorded):
     assert all(c["max_batch"] == 2 for c in recorded)
 
 
+def test_a_full_batch_takes_no_one_else_while_its_leader_wakes(recorded, monkeypatch):
+    """A leader that is slow to wake after its batch filled: a member arriving meanwhile starts the next batch."""
+    batcher = batching.Batcher(linger=5.0)
+    batcher.expect(["a"] * 3)
+    awake = threading.Event()
+    real_ready = batcher._ready
+    monkeypatch.setattr(batcher, "_ready", lambda key, group: awake.is_set() and real_ready(key, group))
+    threads = [threading.Thread(target=batcher.run, args=("a", job(n), StyleOptions(), 2)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)  # in order: the leader, the one that fills its batch, one more
+    awake.set()
+    with batcher._cond:
+        batcher._cond.notify_all()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [sorted(c["jobs"]) for c in recorded] in ([[0, 1], [2]], [[2], [0, 1]])
+
+
 def test_a_withdrawn_member_is_not_waited_for(recorded):
     batcher = batching.Batcher(linger=5.0)
     batcher.expect(["a"] * 3)
