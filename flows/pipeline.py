@@ -280,7 +280,7 @@ def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_
     batched = [n for group, n in Counter(groups.values()).items() if group is not None and n > 1]
     if batched:
         logger.info(
-            "%d pairs in %d group%s that can share device batches (batch size %s)",
+            "%d pairs in %d group%s of one output size and options, to batch (batch size %s)",
             sum(batched), len(batched), "s" * (len(batched) > 1), loaded.manifest.batch_size,
         )
     memory_limit = int(loaded.manifest.memory_limit_gb * 2**30) if loaded.manifest.memory_limit_gb else None

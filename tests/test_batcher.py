@@ -139,7 +139,7 @@ def test_group_keys_tell_sizes_and_options_apart():
 def test_auto_batch_size_follows_the_memory_estimate(monkeypatch):
     from stylecore import memory
 
-    options = StyleOptions(model="vgg16", size=512, device="cpu", precision="fp32")
+    options = StyleOptions(model="squeezenet1_1", size=512, device="cpu", precision="fp32")
     per_image = batching.memory_estimate(options, 384, 512, torch.device("cpu"))
     monkeypatch.setattr(memory, "device_budget", lambda device: per_image.total(3) + 1)
     assert batching.auto_batch_size(options, 384, 512, "cpu") == 3
@@ -147,6 +147,14 @@ def test_auto_batch_size_follows_the_memory_estimate(monkeypatch):
     assert batching.auto_batch_size(options, 384, 512, "cpu") == batching.MAX_AUTO_BATCH
     monkeypatch.setattr(memory, "device_budget", lambda device: 1)
     assert batching.auto_batch_size(options, 384, 512, "cpu") == 1
+
+
+def test_on_a_cpu_auto_batches_only_where_it_was_measured_to_pay(monkeypatch):
+    from stylecore import memory
+
+    monkeypatch.setattr(memory, "device_budget", lambda device: 1 << 50)
+    assert batching.auto_batch_size(StyleOptions(model="vgg16"), 384, 512, "cpu") == 1  # parity on a CPU: no gain
+    assert batching.auto_batch_size(StyleOptions(model="squeezenet1_1"), 384, 512, "cpu") == batching.MAX_AUTO_BATCH
 
 
 def test_the_flow_plans_groups_from_headers(tmp_path):
