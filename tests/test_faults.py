@@ -58,66 +58,55 @@ def assert_nothing_half_written(out: Path) -> None:
             assert meta["status"] == "completed"
 
 
-def test_sigkill_at_ten_random_points_loses_nothing(tmp_path, prefect_api, squeezenet_weights):
-    # One pair per batch: byte-identity with an uninterrupted run is the sharpest check that nothing of a
-    # killed run leaks into a final file, and a batched pair's bytes depend on its batch-mates by float
-    # rounding (a resumed run batches what is left). Batched runs resume in the outage tests below.
-    one_by_one = "batch_size: 1\n"
-    reference = make_job(tmp_path / "reference", squeezenet_weights, settings=one_by_one)
+def killed_then_resumed(tmp_path: Path, weights: Path, kills: int, earliest: float, seed: int, settings: str = "") -> tuple[Path, Path]:
+    """An uninterrupted reference run; then the same job SIGKILLed `kills` times at random points (from
+    `earliest` of the reference's duration) and run to the end. Returns (its output, the reference's)."""
+    reference = make_job(tmp_path / "reference", weights, settings=settings)
     began = time.monotonic()
     code, _, err = run_cli("run", str(reference))
     assert code == 0, err[-2000:]
     duration = time.monotonic() - began
 
-    job = make_job(tmp_path / "killed", squeezenet_weights, settings=one_by_one)
+    job = make_job(tmp_path / "killed", weights, settings=settings)
     out = tmp_path / "killed" / "out"
-    rng = random.Random(20261127)
-    for _ in range(10):
+    rng = random.Random(seed)
+    for _ in range(kills):
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "run", str(job)], cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        time.sleep(rng.uniform(0.3 * duration, 1.0 * duration))
+        time.sleep(rng.uniform(earliest * duration, 1.0 * duration))
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         if out.exists():
             for pair_dir in out.iterdir():  # a killed run may leave hidden temporaries, never a partial final file
                 if (pair_dir / "stylized.png").exists():
                     Image.open(pair_dir / "stylized.png").load()
-    code, stdout, err = run_cli("run", str(job))
+    code, _, err = run_cli("run", str(job))
     assert code == 0, err[-2000:]
     assert_nothing_half_written(out)
+    return out, tmp_path / "reference" / "out"
+
+
+def test_sigkill_at_ten_random_points_loses_nothing(tmp_path, prefect_api, squeezenet_weights):
+    # One pair per batch: byte-identity with an uninterrupted run is the sharpest check that nothing of a
+    # killed run leaks into a final file, and a batched pair's bytes depend on its batch-mates by float
+    # rounding (a resumed run batches what is left). The next test kills a batched run.
+    out, reference = killed_then_resumed(tmp_path, squeezenet_weights, kills=10, earliest=0.3, seed=20261127, settings="batch_size: 1\n")
     for pair in PAIRS:
-        done, ref = out / pair, tmp_path / "reference" / "out" / pair
+        done, ref = out / pair, reference / pair
         assert (done / "stylized.png").read_bytes() == (ref / "stylized.png").read_bytes(), pair
         assert loss_columns(done / "losses.csv") == loss_columns(ref / "losses.csv"), pair
 
 
 def test_a_killed_batched_run_resumes_to_the_same_pictures(tmp_path, prefect_api, squeezenet_weights):
-    """Batched (the default): a resumed run batches what is left, so pictures match to float rounding, not bytes."""
+    """Batched (the default for SqueezeNet): a resumed run batches what is left, so pictures match to float
+    rounding, not to the byte."""
     import numpy as np
 
-    reference = make_job(tmp_path / "reference", squeezenet_weights)
-    began = time.monotonic()
-    code, _, err = run_cli("run", str(reference))
-    assert code == 0, err[-2000:]
-    duration = time.monotonic() - began
-    job = make_job(tmp_path / "killed", squeezenet_weights)
-    out = tmp_path / "killed" / "out"
-    rng = random.Random(27)
-    for _ in range(3):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", str(job)], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        time.sleep(rng.uniform(0.5 * duration, 1.0 * duration))
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    code, stdout, err = run_cli("run", str(job))
-    assert code == 0, err[-2000:]
-    assert_nothing_half_written(out)
+    out, reference = killed_then_resumed(tmp_path, squeezenet_weights, kills=3, earliest=0.5, seed=27)
     for pair in PAIRS:
-        done, ref = out / pair, tmp_path / "reference" / "out" / pair
+        done, ref = out / pair, reference / pair
         meta, ref_meta = (json.loads((d / "meta.json").read_text()) for d in (done, ref))
         assert meta["fingerprint"] == ref_meta["fingerprint"] and meta["status"] == "completed"
         image = np.asarray(Image.open(done / "stylized.png"), dtype=float)
