@@ -419,10 +419,9 @@ def _sizes_to_fit(run: _Run, height: int, width: int) -> list[tuple[int, int]]:
     plan = make_plan(run.options, run.loaded.preprocessing, height * width, run.device)
     tiled = run.options.tile is not None or _needs_tiles(run, plan, height, width)
     if tiled and len(sizes) == 1:
-        while len(sizes) < 6 and min(sizes[0]) // 2 >= 64:
-            sizes.insert(0, (round(sizes[0][0] / 2), round(sizes[0][1] / 2)))
-            if not _needs_tiles(run, plan, *sizes[0]):
-                break
+        ladder = scale_sizes(height, width, 6)  # every size scale_sizes allows, the output last
+        start = next((i for i in range(len(ladder) - 2, -1, -1) if not _needs_tiles(run, plan, *ladder[i])), 0)
+        sizes = ladder[start:]
         if len(sizes) > 1:
             run.fallbacks.append(f"{width}×{height} does not fit whole: started at {sizes[0][1]}×{sizes[0][0]}, tiled the output")
     return sizes

@@ -26,6 +26,7 @@ from torch import Tensor
 from .errors import NonFiniteLoss
 from .features import Encoder
 from .losses import content_loss, style_loss, tv_loss
+from .targets import content_features
 from .tracking import BestImage, Convergence, IterationRecord
 
 TILED_LR = 0.02  # Adam's step on [0, 1] pixels; the scale before has done the coarse work
@@ -73,8 +74,7 @@ def optimise_tiled(
         c_total = s_total = 0.0
         for y0, y1 in tile_bounds(height, tile, dy):
             for x0, x1 in tile_bounds(width, tile, dx):
-                with torch.no_grad():
-                    target = encoder(content[..., y0:y1, x0:x1])[plan.content_layer].float()
+                target = content_features(encoder, plan.content_layer, content[..., y0:y1, x0:x1])
                 feats = {name: value.float() for name, value in encoder(pixels[..., y0:y1, x0:x1]).items()}
                 share = (y1 - y0) * (x1 - x0) / (height * width)
                 c = content_loss(plan.content_weight, feats[plan.content_layer], target)
