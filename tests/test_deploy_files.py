@@ -326,9 +326,10 @@ def test_job_manifest_one_gpu_never_restarted(template):
     manifest = template["job_configuration"]["job_manifest"]
     assert manifest["apiVersion"] == "batch/v1" and manifest["kind"] == "Job"
     assert manifest["spec"]["backoffLimit"] == 0, "Prefect retries; Kubernetes must not run a flow run twice"
+    assert manifest["spec"].get("parallelism", 1) == 1 and manifest["spec"].get("completions", 1) == 1
     pod = manifest["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod.get("parallelism", 1) == 1 and pod.get("completions", 1) == 1
+    assert not {"parallelism", "completions"} & set(pod), "parallelism and completions are Job fields, not the pod's"
     job_container = container(manifest)
     assert job_container["name"] == "prefect-job"
     assert job_container["image"] == "{{ image }}"
@@ -336,7 +337,11 @@ def test_job_manifest_one_gpu_never_restarted(template):
     assert job_container["args"] == "{{ command }}"
     assert job_container["env"] == "{{ env }}"
     gpu = job_container["resources"]["limits"]["nvidia.com/gpu"]
-    assert gpu in ("1", 1), f"nvidia.com/gpu limit is {gpu!r}, want one GPU per flow run"
+    assert gpu == "{{ gpus }}", f"nvidia.com/gpu limit is {gpu!r}, want the `gpus` variable"
+    gpus = template["variables"]["properties"]["gpus"]
+    assert gpus["type"] == "integer" and gpus["default"] == 1 and gpus.get("minimum") == 0, (
+        "`gpus`: one GPU per flow run unless a deployment (the fan-out parent) asks for 0"
+    )
 
 
 def test_job_container_runs_the_flow_not_the_worker(template, instructions):
