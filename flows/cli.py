@@ -7,6 +7,7 @@ input) or 1 (a run with failed pairs); tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import get_args, get_origin
@@ -79,11 +80,14 @@ def cmd_one(args: argparse.Namespace) -> int:
     from . import outputs, storage
 
     options = build_options(args)
-    content = images.load(storage.read_bytes(args.content), options.size, name=args.content)
+    storage.check_uri(args.output)  # refused now, not after the optimisation
+    content = images.load(storage.read_bytes(args.content, limit=storage.MAX_IMAGE_BYTES), options.size, name=args.content)
     styles = [
-        (images.load(storage.read_bytes(uri), options.style_longer_side(), name=uri), weight)
+        (images.load(storage.read_bytes(uri, limit=storage.MAX_IMAGE_BYTES), options.style_longer_side(), name=uri), weight)
         for uri, weight in [_weighted(args.style), *map(_weighted, args.blend)]
     ]
+    if options.weights:  # a device or FIFO given as weights would be read without end by torch
+        storage.check_file(options.weights, storage.MAX_WEIGHTS_BYTES)
     loaded = outputs.weights_for(options)
     memory_limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
     total = planned_iterations(options, *content.shape[-2:])
@@ -193,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except ValidationError as exc:
         print(f"stylize: error: {format_validation_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"stylize: error: {where}no space left on the device (or over the disk quota)", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("stylize: interrupted", file=sys.stderr)

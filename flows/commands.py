@@ -98,10 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from . import storage
-    from .pipeline import retry_failed
+    from .report import load_report
 
-    storage.read_bytes(args.report)  # a missing report is one line, not a flow failure
+    load_report(args.report)  # a missing, oversized or foreign file is one line, not a flow failure
+    from .pipeline import retry_failed
     return _run_flow(retry_failed, args.runner, args.devices, args.ray_address, report=args.report)
 
 

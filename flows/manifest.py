@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -27,6 +28,9 @@ from . import storage
 
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: thousands of pairs fit; more is a mistake or an attack
 MAX_YAML_NODES = 200_000  # nodes after expanding aliases (a "billion laughs" expands to far more)
+MAX_YAML_DEPTH = 64  # nesting levels; a real manifest has under 10, hundreds would exhaust the parser's stack
+MAX_GLOB_MATCHES = 10_000  # files one glob may match (`/**/*` would otherwise name the whole disk)
+MAX_PAIRS = 50_000  # pairs one manifest may expand to; more is one manifest too many
 MAX_BATCH_SIZE = 16  # the flow keeps two batches' worth of pair tasks in flight per device
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PAIR_KEYS = ("id", "content", "style")
@@ -157,12 +161,15 @@ def slug(text: str) -> str:
 
 
 def _line_index(node: yaml.Node, path: tuple = (), lines: dict | None = None, budget: list | None = None) -> dict:
-    """Map each key path to its 1-based line; counts nodes through aliases to stop alias bombs."""
+    """Map each key path to its 1-based line; counts nodes through aliases to stop alias bombs, and
+    levels to stop nesting deeper than anything but an attack."""
     lines = {} if lines is None else lines
     budget = [MAX_YAML_NODES] if budget is None else budget
     budget[0] -= 1
     if budget[0] < 0:
         raise BadManifest([f"more than {MAX_YAML_NODES:,} YAML nodes once aliases are expanded (an alias bomb?)"])
+    if len(path) > MAX_YAML_DEPTH:
+        raise BadManifest([f"{node.start_mark.line + 1}: YAML nested more than {MAX_YAML_DEPTH} levels deep"])
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
@@ -183,7 +190,9 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict]:
         lines = _line_index(node)
         data = yaml.safe_load(text)
     except BadManifest as exc:
-        raise BadManifest([p if p.startswith(where) else f"{where}: {p}" for p in exc.problems]) from None
+        raise BadManifest([p if p.startswith(where) else f"{where}:{p}" if p[:1].isdigit() else f"{where}: {p}" for p in exc.problems]) from None
+    except RecursionError:  # the YAML parser recurses once per level: hundreds of levels exhaust the stack
+        raise BadManifest([f"{where}: YAML nested more than {MAX_YAML_DEPTH} levels deep"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark else ""
@@ -228,9 +237,11 @@ def _problems_from(exc: ValidationError, file: str, lines: dict, prefix: tuple =
 
 
 def read_manifest_text(uri: str) -> str:
-    data = storage.read_bytes(uri)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise BadManifest([f"{uri}: {len(data):,} bytes is over the manifest limit of {MAX_MANIFEST_BYTES:,}"])
+    try:
+        data = storage.read_bytes(uri, limit=MAX_MANIFEST_BYTES)
+    except storage.TooLarge as exc:
+        size = f"{exc.size:,} bytes" if exc.size is not None else f"more than {MAX_MANIFEST_BYTES:,} bytes"
+        raise BadManifest([f"{uri}: {size} is over the manifest limit of {MAX_MANIFEST_BYTES:,}"]) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -270,7 +281,11 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
         except ValidationError as exc:
             problems += _problems_from(exc, uri, lines, ("defaults",))
 
+    if isinstance(data.get("defaults"), dict) and defaults.weights:
+        _check_weights(defaults.weights, uri, lines, ("defaults", "weights"), problems, check_inputs)
+
     pairs: list[PairSpec] = []
+    too_many = False
     for index, entry in enumerate(entries):
         if entry is None:
             continue
@@ -286,6 +301,8 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
             continue
         if unknown:
             continue
+        if "weights" in entry.overrides() and options.weights:
+            _check_weights(options.weights, uri, lines, at + ("weights",), problems, check_inputs)
         contents = _expand(entry.content, base, uri, lines, at + ("content",), problems, check_inputs)
         if isinstance(entry.style, dict):
             blend = []
@@ -295,6 +312,15 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
             styles = [tuple(blend)] if blend else []
         else:
             styles = [((style, 1.0),) for style in _expand(entry.style, base, uri, lines, at + ("style",), problems, check_inputs)]
+        if too_many:
+            continue
+        if len(pairs) + len(contents) * len(styles) > MAX_PAIRS:
+            too_many = True  # said once: every later entry would only repeat it
+            problems.append(
+                f"{_where(uri, lines, at)}: {_field(at)}: {len(pairs) + len(contents) * len(styles):,} pairs so far "
+                f"is over the limit of {MAX_PAIRS:,} pairs per manifest; split the manifest"
+            )
+            continue
         combos = list(itertools.product(contents, styles))
         for content, style in combos:
             style_name = "-".join(slug(_name(s)) for s, _ in style)
@@ -307,11 +333,17 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
             pairs.append(PairSpec(pair_id, content, style[0][0], options, "", style if len(style) > 1 else ()))
 
     pairs = _unique_ids(pairs, [e for e in entries if e is not None], uri, lines, problems)
+    out = None
+    if settings is not None:
+        # An --output override is relative to where the user stands; the manifest's own, to the manifest.
+        out = storage.absolute(output) if output else storage.resolve(base, settings.output)
+        where = "--output" if output else f"{_where(uri, lines, ('output',))}: output"
+        problem = _output_problem(out, check_inputs)
+        if problem:
+            problems.append(f"{where}: {problem}")
     if problems:
         raise BadManifest(sorted(problems, key=_line_of))
     manifest = Manifest(**settings.model_dump(), pairs=entries)
-    # An --output override is relative to where the user stands; the manifest's own, to the manifest.
-    out = storage.absolute(output) if output else storage.resolve(base, manifest.output)
     return LoadedManifest(uri, manifest, out, [replace(p, output=storage.join(out, p.id)) for p in pairs])
 
 
@@ -324,26 +356,74 @@ def _name(uri: str) -> str:
     return PurePosixPath(uri.rstrip("/").rsplit("/", 1)[-1]).stem or "image"
 
 
+def _output_problem(out: str, check_inputs: bool) -> str | None:
+    """Why a run could not write under `out`, or None: storage this installation refuses, credentials in the
+    URI, or (local, when inputs are checked) a file in the way or a folder this user may not write."""
+    try:
+        storage.check_uri(out)
+    except StyleError as exc:
+        return str(exc)
+    if storage.is_remote(out) or not check_inputs:
+        return None
+    path = os.path.abspath(os.path.expanduser(out.removeprefix("file://")))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path}: is a file, not a folder"
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{path}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path}: not writable ({existing} may not be written by this user)"
+    return None
+
+
+def _check_weights(weights: str, file, lines, loc, problems, check_inputs) -> None:
+    """A weights file or URI named in the manifest: accepted storage, no credentials, and (when inputs are
+    checked) a regular file under the weights limit that is there now, not at the end of a long run."""
+    try:
+        storage.check_uri(weights)
+        if check_inputs:
+            storage.check_file(weights, storage.MAX_WEIGHTS_BYTES)
+    except storage.InputMissing as exc:
+        if str(exc).endswith(": not found"):
+            problems.append(f"{_where(file, lines, loc)}: {_field(loc)}: missing weights file {weights!r} ({storage.absolute(weights)})")
+        else:
+            problems.append(f"{_where(file, lines, loc)}: {_field(loc)}: {exc}")
+    except StyleError as exc:
+        problems.append(f"{_where(file, lines, loc)}: {_field(loc)}: {exc}")
+    except OSError as exc:  # an unreachable store: say so, but as one line
+        problems.append(f"{_where(file, lines, loc)}: {_field(loc)}: cannot read {storage.redact(weights)}: {exc}")
+
+
 def _expand(value, base, file, lines, loc, problems, check_inputs) -> list[str]:
     items = value if isinstance(value, list) else [value]
     found: list[str] = []
     for offset, item in enumerate(items):
         here = loc + (offset,) if isinstance(value, list) else loc
+        if len(found) > MAX_PAIRS:  # the pair limit is reported by the caller; stop listing
+            break
         target = storage.resolve(base, item)
         try:
+            storage.check_uri(target)
             if storage.has_magic(target):
-                matches = storage.glob(target)
+                matches = storage.glob(target, limit=MAX_GLOB_MATCHES)
                 if not matches:
                     problems.append(f"{_where(file, lines, here)}: {_field(here)}: glob {item!r} matches nothing")
                 found += matches
             else:
-                if check_inputs and not storage.exists(target):
-                    problems.append(f"{_where(file, lines, here)}: {_field(here)}: missing input {item!r} ({target})")
+                if check_inputs:
+                    try:
+                        storage.check_file(target, storage.MAX_IMAGE_BYTES)
+                    except storage.InputMissing as exc:
+                        if not str(exc).endswith(": not found"):
+                            raise
+                        problems.append(f"{_where(file, lines, here)}: {_field(here)}: missing input {item!r} ({target})")
                 found.append(target)
         except StyleError as exc:
             problems.append(f"{_where(file, lines, here)}: {_field(here)}: {exc}")
         except OSError as exc:  # an unreachable store: say so, but as one line
-            problems.append(f"{_where(file, lines, here)}: {_field(here)}: cannot list {target}: {exc}")
+            problems.append(f"{_where(file, lines, here)}: {_field(here)}: cannot list {storage.redact(target)}: {exc}")
     return found
 
 

@@ -8,11 +8,47 @@ import json
 from PIL import Image, ImageDraw
 
 from stylecore import images
+from stylecore.errors import StyleError
 
 from . import storage
 
 THUMB = 160
 MAX_SHEET_ROWS = 100
+
+
+PAIR_STATUSES = ("completed", "skipped", "failed")
+
+
+class BadReport(StyleError):
+    """A file given as a run report that is not one (not JSON, or not a report's shape)."""
+
+
+def load_report(uri: str) -> dict:
+    """A run's report.json, read with the report size limit and checked for a report's shape (run_name,
+    manifest, output, pairs with id and status); `BadReport` in one line otherwise."""
+    data = storage.read_bytes(uri, limit=storage.MAX_REPORT_BYTES)
+    try:
+        report = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadReport(f"{uri}: not a run report (not UTF-8 text, byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BadReport(f"{uri}: not a run report (not JSON: {exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise BadReport(f"{uri}: not a run report (JSON nested too deeply)") from None
+    if not isinstance(report, dict):
+        raise BadReport(f"{uri}: not a run report (a JSON {type(report).__name__}, not an object)")
+    for key in ("run_name", "manifest", "output"):
+        if not isinstance(report.get(key), str) or not report[key]:
+            raise BadReport(f"{uri}: not a run report ({key!r} missing or not text)")
+    pairs = report.get("pairs")
+    if not isinstance(pairs, list):
+        raise BadReport(f"{uri}: not a run report ('pairs' missing or not a list)")
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not isinstance(pair.get("id"), str) or pair.get("status") not in PAIR_STATUSES:
+            raise BadReport(f"{uri}: not a run report (pairs[{index}] needs an id and a status of {', '.join(PAIR_STATUSES)})")
+    storage.check_uri(report["manifest"])  # storage it names must be storage this installation accepts
+    storage.check_uri(report["output"])
+    return report
 
 
 def summary_counts(pairs: list[dict]) -> dict[str, int]:
