@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import weights_for  # noqa: E402
 from bench_throughput import pairs  # noqa: E402
 from stylecore import StyleOptions, stylize_batch  # noqa: E402
-from stylecore.engine import load_encoder, make_plan  # noqa: E402
+from stylecore.engine import load_encoder  # noqa: E402
+from stylecore.planning import make_plan  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,

@@ -42,10 +42,10 @@ def measure(model: str, size: int, iterations: int, batch: int, device: str, lim
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    plan = result.extra["memory"]["plan"]
+    final = result.scales[-1]
     return {"model": model, "size": size, "pixels": list(content.shape[-2:]), "batch": batch, "precision": result.plan.precision,
-            "peak_bytes": peak, "estimate_bytes": plan[-1]["estimate_bytes"], "tile": plan[-1]["tile"],
-            "scales": result.extra["scales"], "seconds": round(result.seconds, 1)}
+            "peak_bytes": peak, "estimate_bytes": final.estimate_bytes, "tile": final.tile,
+            "scales": [list(s.size) for s in result.scales], "seconds": round(result.seconds, 1)}
 
 
 def main() -> None:

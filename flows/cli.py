@@ -75,7 +75,7 @@ def cmd_one(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stylecore import images, stylize
-    from stylecore.engine import planned_iterations
+    from stylecore.planning import planned_iterations
 
     from . import outputs, storage
 
@@ -105,14 +105,13 @@ def cmd_one(args: argparse.Namespace) -> int:
         f"wrote {args.output} ({result.image.shape[-1]}×{result.image.shape[-2]}, {len(result.history)} iterations, "
         f"{result.seconds:.1f}s on {result.plan.device}; final content={final.content:.4g} style={final.style:.4g} tv={final.tv:.4g})"
     )
-    plan = result.extra["memory"]["plan"]
-    if len(plan) > 1 or plan[-1]["tile"]:
-        steps = ", ".join(f"{e['size'][0]}×{e['size'][1]}" + (f" in tiles of {e['tile']}" if e["tile"] else "") for e in plan)
+    if len(result.scales) > 1 or result.scales[-1].tile:
+        steps = ", ".join(f"{s.size[0]}×{s.size[1]}" + (f" in tiles of {s.tile}" if s.tile else "") for s in result.scales)
         print(f"scales: {steps}")
-    for note in result.extra["memory"]["fallbacks"]:
+    for note in result.fallbacks:
         print(f"memory: {note}")
-    for stop in result.extra["early_stop"]:
-        print(f"early stop: scale {stop['scale']} converged at iteration {stop['iteration']}")
+    for stop in result.early_stops:
+        print(f"early stop: scale {stop.scale} converged at iteration {stop.iteration}")
     return EXIT_OK
 
 

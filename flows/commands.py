@@ -51,33 +51,16 @@ def _print_report(report: dict) -> int:
     return EXIT_OK
 
 
-def _task_runner(runner: str, devices_arg: str | None, ray_address: str | None):
-    """Threads on this host, enough per leased device for its batches; or Ray, which places each pair on a GPU (or CPU) of its cluster."""
-    if runner == "ray":
-        from prefect_ray import RayTaskRunner
-
-        return RayTaskRunner(address=ray_address, init_kwargs={"log_to_driver": False, "include_dashboard": False})
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from . import devices
-
-    device_list = [d.strip() for d in devices_arg.split(",") if d.strip()] if devices_arg else devices.detect()
-    from .pipeline import PAIR_THREADS
-
-    pool = devices.configure(device_list)
-    return ThreadPoolTaskRunner(max_workers=pool.size * PAIR_THREADS)
-
-
 def _run_flow(flow_fn, runner: str, devices_arg: str | None, ray_address: str | None = None, **parameters) -> int:
-    configured = flow_fn.with_options(task_runner=_task_runner(runner, devices_arg, ray_address))
-    state = configured(**parameters, runner=runner, return_state=True)
+    devices = [d.strip() for d in devices_arg.split(",") if d.strip()] if devices_arg else None
+    state = flow_fn(**parameters, runner=runner, ray_address=ray_address, devices=devices, return_state=True)
     try:
         report = state.result(raise_on_failure=False)
     except Exception:  # a crashed flow has no report to show, only its message
         report = None
     report = report if isinstance(report, dict) and "pairs" in report else None
     if report is None:
-        from .pipeline import BAD_INPUT
+        from .tasks import BAD_INPUT
 
         print(f"stylize: error: {state.message or state.name}", file=sys.stderr)
         return EXIT_BAD_INPUT if state.name == BAD_INPUT else EXIT_FAILED_PAIRS
@@ -94,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_BAD_INPUT
-    return _run_flow(stylize_manifest, args.runner, args.devices, args.ray_address, manifest=args.manifest, output=args.output)
+    fan_out = {"shard_deployment": args.shard_deployment, "shards": args.shards} if args.runner == "deployment" else {}
+    return _run_flow(
+        stylize_manifest, args.runner, args.devices, args.ray_address, manifest=args.manifest, output=args.output, **fan_out
+    )
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
@@ -153,7 +139,9 @@ def register(commands) -> None:
     run = commands.add_parser("run", help="stylise every pair of a manifest as a Prefect flow")
     run.add_argument("manifest", metavar="MANIFEST", help="manifest YAML (path or URI)")
     run.add_argument("--output", help="override the manifest's output location")
-    _runner_flags(run)
+    _runner_flags(run, fan_out=True)
+    run.add_argument("--shard-deployment", metavar="FLOW/DEPLOYMENT", help="deployment runner: the deployment each share runs as (e.g. stylize-manifest/k8s-gpu)")
+    run.add_argument("--shards", type=int, metavar="N", help="deployment runner: child flow runs to spread the batches over [default: one per batch]")
     run.set_defaults(handler=cmd_run)
 
     retry = commands.add_parser("retry-failed", help="re-run the failed pairs of a run report")
@@ -172,10 +160,12 @@ def register(commands) -> None:
     demo.set_defaults(handler=cmd_demo)
 
 
-def _runner_flags(parser: argparse.ArgumentParser) -> None:
+def _runner_flags(parser: argparse.ArgumentParser, fan_out: bool = False) -> None:
+    choices = ["local", "ray", "deployment"] if fan_out else ["local", "ray"]
     parser.add_argument(
-        "--runner", choices=["local", "ray"], default="local",
-        help="local: threads on this host, one pair per device; ray: pairs spread over a Ray cluster [default: local]",
+        "--runner", choices=choices, default="local",
+        help="local: threads on this host, one batch per device at a time; ray: batches as Ray tasks, one GPU each"
+        + ("; deployment: child flow runs of --shard-deployment, each batching its share" if fan_out else "") + " [default: local]",
     )
     parser.add_argument("--devices", help="local runner: comma-separated devices to lease (default: every GPU, else cpu)")
     parser.add_argument("--ray-address", help="ray runner: the cluster's address, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, else a local Ray)")

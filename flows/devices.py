@@ -1,65 +1,58 @@
-"""Device leasing: one pair task per GPU at a time, pinned to it; one at a time on the CPU.
+"""Devices and their leases: one batch at a time on each device of a host, across every process on it.
 
-This is orchestration, so it lives here and hands the engine a device name.
-A process has one pool; the flow sizes its task runner to the pool, and each
-task holds a lease for exactly as long as it optimises.
+A lease is a Prefect global concurrency limit of one slot named after the host and
+the device, created on first use. Every flow run on a host (a nightly, an ad-hoc run
+and a retry at once, or `serve --limit 2`) asks the same server for the same slot,
+so two optimisations never share a GPU, whichever process they run in.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-class DevicePool:
-    def __init__(self, devices: list[str]):
-        if not devices:
-            raise ValueError("a device pool needs at least one device")
-        self.devices = list(devices)
-        self._free: queue.Queue[str] = queue.Queue()
-        for device in self.devices:
-            self._free.put(device)
-
-    @property
-    def size(self) -> int:
-        return len(self.devices)
-
-    @contextmanager
-    def lease(self) -> Iterator[str]:
-        device = self._free.get()
-        try:
-            yield device
-        finally:
-            self._free.put(device)
+LEASE_SECONDS = 300  # renewed while held; a killed holder's slot frees itself after this long
 
 
-def detect(requested: str = "auto", tasks_per_gpu: int = 1) -> list[str]:
+def detect(requested: str = "auto") -> list[str]:
     """The devices this host offers for `requested`: every CUDA device for auto/cuda, else that one device."""
     import torch
 
     if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count()) for _ in range(tasks_per_gpu)]
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if requested == "auto":
         return ["cpu"]
     return [requested]
 
 
-_lock = threading.Lock()
-_pool: DevicePool | None = None
+def limit_name(device: str, host: str | None = None) -> str:
+    """The concurrency limit that stands for one device of one host, e.g. stylize-device-gpu7-cuda-0."""
+    host = host or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"stylize-device-{host}-{device}")
 
 
-def configure(devices: list[str]) -> DevicePool:
-    global _pool
-    with _lock:
-        if _pool is None or _pool.devices != devices:
-            _pool = DevicePool(devices)
-        return _pool
+def ensure_limits(devices: list[str]) -> None:
+    """Create each device's one-slot limit unless it exists; the flow does this once, before its batches lease."""
+    with get_client(sync_client=True) as client:
+        for name in {limit_name(device) for device in devices}:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+                except ObjectAlreadyExists:  # another run on this host created it meanwhile
+                    pass
 
 
-def pool() -> DevicePool:
-    with _lock:
-        if _pool is not None:
-            return _pool
-    return configure(detect())
+@contextmanager
+def lease(device: str) -> Iterator[str]:
+    """Hold `device` of this host for as long as the block runs (its limit exists: see `ensure_limits`)."""
+    with concurrency(limit_name(device), occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+        yield device

@@ -1,259 +1,138 @@
 """The Prefect flows: a manifest run, and a re-run of a report's failed pairs.
 
-Thin orchestration around stylecore: a task per pair (the unit of retry and of
-what an operator sees), device leases, fingerprints for resume, and the report.
+A run plans batches from the images' headers, then moves each batch through three
+steps: read (a task per pair), optimise (a task per batch, on one device) and write
+(a task per pair). The futures Prefect returns are the only coordination: the flow
+submits a step once the one before it has finished, and keeps at most two batches
+in flight per device, so memory stays flat however long the manifest. Where the
+tasks run is the runner's business: threads on this host, a Ray cluster, or child
+flow runs of a GPU deployment (one pod each) that run their share the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import platform
-import socket
+import math
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from collections import deque
 from datetime import datetime, timezone
-from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
-from prefect.runtime import flow_run, task_run
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
 
-import stylecore
 import stylecore.weights
-from stylecore import images
-from stylecore.engine import Job, planned_iterations
-from stylecore.errors import StyleError
 
-from . import batching as batching_mod, devices, outputs, report as report_mod, storage
-from .batching import group_key
-from .progress import ProgressReporter, artifact_key
-from .manifest import MAX_BATCH_SIZE, BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
+from . import report as report_mod, storage
+from .batches import BatchPlan, plan_batches
+from .dispatch import Dispatch, dispatch
+from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
+from .pairs import PairOutcome
+from .progress import artifact_key
+from .tasks import BAD_INPUT, SKIPPED, optimise_batch, outcome_of, read_pair, write_pair
 
-
-# --- fingerprints ---------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version plus a hash of the engine's source: any change to how pixels are made re-runs pairs."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(stylecore.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{_version('stylize')}+{digest.hexdigest()[:12]}"
+Runner = Literal["local", "ray", "deployment"]
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+# --- one batch's way through the steps ---------------------------------------------------------------
 
 
-def fingerprint(content_sha: str, style_shas: list[str], pair: PairSpec, weights_sha: str) -> str:
-    styles = style_shas[0] if not pair.blend else [[sha, weight] for sha, (_, weight) in zip(style_shas, pair.blend)]
-    payload = {
-        "content": content_sha,
-        "style": styles,  # one style: its digest alone, so fingerprints from before blends still match
-        "options": pair.options.fingerprint_fields(),
-        "weights": weights_sha,
-        "code": code_version(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+class BatchInFlight:
+    """A planned batch between its steps: the futures of the step it waits on, and what has been decided."""
+
+    def __init__(self, plan: BatchPlan, reads: list[PrefectFuture]):
+        self.plan = plan
+        self.reads = reads
+        self.waiting: set[PrefectFuture] = set(reads)
+        self.device: str | None = None
+        self.optimise: PrefectFuture | None = None
+        self.members: list[PairSpec] = []
+        self.writes: list[PrefectFuture] = []
+        self.outcomes: dict[str, PairOutcome] = {}
+        self.finished = False
 
 
-@lru_cache(maxsize=1)
-def versions() -> dict[str, str]:
-    names = ("stylize", "torch", "torchvision", "prefect", "pillow", "s3fs", "fsspec")
-    return {"python": platform.python_version(), **{n: _version(n) for n in names}}
+class Steps:
+    """The three tasks with a run's retries and options, submitted through one runner."""
 
+    def __init__(self, loaded: LoadedManifest, runner: Dispatch):
+        settings = loaded.manifest
+        self.retries = settings.retries
+        self.runner = runner
+        self.memory_limit = int(settings.memory_limit_gb * 2**30) if settings.memory_limit_gb else None
+        retry = dict(retries=settings.retries, retry_delay_seconds=settings.retry_delay_seconds)
+        self.read, self.optimise, self.write = (t.with_options(**retry) for t in (read_pair, optimise_batch, write_pair))
 
-# --- one pair ------------------------------------------------------------------------------------
+    def start(self, plan: BatchPlan) -> BatchInFlight:
+        return BatchInFlight(plan, [self.runner.submit(self.read, pair=pair, retries=self.retries) for pair in plan.pairs])
 
+    def advance(self, batch: BatchInFlight, in_flight: list[BatchInFlight]) -> None:
+        """The batch's current step has finished: submit the next one, or settle its outcomes."""
+        if batch.optimise is None:
+            self._after_reads(batch, in_flight)
+        elif not batch.writes:
+            self._after_optimise(batch)
+        else:
+            for pair, future in zip(batch.members, batch.writes):
+                batch.outcomes[pair.id] = outcome_of(pair, future.state, future.result)
+            batch.finished = True
 
-@dataclass
-class PairOutcome:
-    id: str
-    status: str  # completed | skipped | failed
-    content: str
-    style: str
-    error: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    final: dict[str, float] | None = None
-    iterations: int = 0
-    seconds: float = 0.0  # of the optimisation, shared with the rest of its batch
-    device: str | None = None
-    batch: int = 1  # pairs optimised together with this one, itself included
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-OUTPUT_NAMES = {"image": "stylized.png", "losses_csv": "losses.csv", "losses_png": "losses.png", "meta": "meta.json"}
-
-
-def output_uris(pair: PairSpec) -> dict[str, str]:
-    return {key: pair.uri(name) for key, name in OUTPUT_NAMES.items()}
-
-
-def _read_meta(uri: str) -> dict | None:
-    try:
-        return json.loads(storage.read_bytes(uri))
-    except (StyleError, ValueError):
-        return None
-
-
-@dataclass(frozen=True)
-class Batching:
-    """How a pair's optimisation may be batched: its planned group (None: alone, at once) and the batch limit."""
-
-    group: str | None = None
-    size: int | str = "auto"  # a number, or auto (from the memory estimate)
-    memory_limit: int | None = None  # bytes per device to plan for; None: what the device has free
-
-
-def run_pair(pair: PairSpec, runner: str, logger, batching: Batching = Batching()) -> PairOutcome:
-    """Read, skip if done, optimise (batched with its group), write: the body of the pair task."""
-    uris = output_uris(pair)
-    group_left = batching.group is not None
-    try:
-        content_bytes = storage.read_bytes(pair.content)
-        style_bytes = [storage.read_bytes(uri) for uri, _ in pair.styles]
-        loaded_weights = outputs.weights_for(pair.options)
-        content_sha = stylecore.weights.sha256_bytes(content_bytes)
-        style_shas = [stylecore.weights.sha256_bytes(data) for data in style_bytes]
-        fp = fingerprint(content_sha, style_shas, pair, loaded_weights.sha256)
-
-        previous = _read_meta(uris["meta"])
-        if previous and previous.get("fingerprint") == fp and previous.get("status") == "completed":
-            logger.info("%s: unchanged since %s, skipped", pair.id, previous.get("finished_at"))
-            return PairOutcome(
-                pair.id, "skipped", pair.content, pair.style, outputs=uris, final=previous.get("final"),
-                iterations=previous.get("iterations", 0), device=previous.get("worker", {}).get("device"),
-            )
-
-        if storage.remove_temporaries(pair.output):
-            logger.info("%s: removed temporary files a stopped run left behind", pair.id)
-        options = pair.options
-        content = images.load(content_bytes, options.size, name=pair.content)
-        styles = [
-            (images.load(data, options.style_longer_side(), name=uri), weight)
-            for data, (uri, weight) in zip(style_bytes, pair.styles)
-        ]
-        height, width = content.shape[-2:]
-        limit = batching.size if isinstance(batching.size, int) else batch_size_for(options, height, width)
-        reporter = ProgressReporter(pair.id, planned_iterations(options, height, width), logger)
-        group = batching.group if batching.group == group_key(height, width, options) else None
-        if batching.group and group is None:  # the header misled the plan: run alone, and let the group go on
-            batching_mod.batcher().withdraw(batching.group)
-        group_left = False
-        result = batching_mod.batcher().run(
-            group, Job(content, styles), options, limit, on_iteration=reporter, weights=loaded_weights,
-            memory_limit=batching.memory_limit,
+    def _after_reads(self, batch: BatchInFlight, in_flight: list[BatchInFlight]) -> None:
+        members = []
+        for pair, future in zip(batch.plan.pairs, batch.reads):
+            state = future.state
+            if state.is_completed() and state.name != SKIPPED:
+                members.append((pair, future))
+            else:  # skipped, bad input or failed for good: this pair is settled without a device
+                batch.outcomes[pair.id] = outcome_of(pair, state, future.result)
+        batch.reads = []
+        if not members:
+            batch.finished = True
+            return
+        batch.members = [pair for pair, _ in members]
+        batch.device = self.runner.least_busy([b.device for b in in_flight if b.optimise is not None])
+        batch.optimise = self.runner.submit(
+            self.optimise, on_device=True, batch=batch.plan, members=[future for _, future in members],
+            device=batch.device, runner=self.runner.name, memory_limit=self.memory_limit, retries=self.retries,
         )
-    finally:
-        if group_left:  # this planned member will never arrive: its group need not wait for it
-            batching_mod.batcher().withdraw(batching.group)
-    final = {k: getattr(result.final, k) for k in ("content", "style", "tv", "total")}
-    together = result.extra.get("batch_size", 1)
-    logger.info(
-        "%s: optimised on %s%s in %.1fs", pair.id, result.plan.device,
-        f" in a batch of {together}" if together > 1 else "", result.seconds,
-    )
-    for note in result.extra.get("memory", {}).get("fallbacks", []):
-        logger.warning("%s: %s", pair.id, note)
+        batch.waiting = {batch.optimise}
 
-    storage.write_bytes(uris["image"], images.encode_png(result.image))
-    storage.write_bytes(uris["losses_csv"], outputs.losses_csv(result.history))
-    storage.write_bytes(uris["losses_png"], outputs.losses_png(result.history, f"{pair.id}: losses per iteration"))
-    if pair.blend:
-        style_inputs = {"blend": [{"uri": uri, "sha256": sha, "weight": w} for (uri, w), sha in zip(pair.blend, style_shas)]}
-    else:
-        style_inputs = {"uri": pair.style, "sha256": style_shas[0]}
-    stopped = result.extra.get("early_stop") or []
-    meta = {
-        "id": pair.id,
-        "status": "completed",
-        "fingerprint": fp,
-        "inputs": {"content": {"uri": pair.content, "sha256": content_sha}, "style": style_inputs},
-        "options": pair.options.model_dump(mode="json"),
-        "resolved": result.plan.as_dict(),
-        "weights": {"sha256": loaded_weights.sha256, "source": loaded_weights.source, "preprocessing": loaded_weights.preprocessing},
-        "versions": dict(versions()),
-        "code_version": code_version(),
-        "runner": runner,
-        "worker": {"host": socket.gethostname(), "pid": os.getpid(), "device": str(result.plan.device)},
-        "size": list(result.image.shape[-2:][::-1]),
-        "scales": result.extra.get("scales"),
-        "iterations": len(result.history),
-        "early_stop": {"stopped_at": stopped[-1]["iteration"], "per_scale": stopped} if stopped else None,
-        "batch": {"size": result.extra.get("batch_size", 1), "limit": limit},
-        "memory": result.extra.get("memory"),
-        "final": final,
-        "seconds": round(result.seconds, 3),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "outputs": {k: OUTPUT_NAMES[k] for k in ("image", "losses_csv", "losses_png")},
-    }
-    storage.write_bytes(uris["meta"], (json.dumps(meta, indent=2) + "\n").encode())  # last: marks the pair done
-    reporter.done()
-    return PairOutcome(
-        pair.id, "completed", pair.content, pair.style, outputs=uris, final=final,
-        iterations=len(result.history), seconds=round(result.seconds, 3), device=str(result.plan.device),
-        batch=result.extra.get("batch_size", 1),
-    )
+    def _after_optimise(self, batch: BatchInFlight) -> None:
+        state = batch.optimise.state
+        if not state.is_completed():  # the whole batch failed for good: each member says why
+            for pair in batch.members:
+                batch.outcomes[pair.id] = PairOutcome.failed(pair, state.message or state.name)
+            batch.finished = True
+            return
+        batch.writes = [
+            self.runner.submit(self.write, pair=pair, optimised=batch.optimise, index=i, runner=self.runner.name, retries=self.retries)
+            for i, pair in enumerate(batch.members)
+        ]
+        batch.waiting = set(batch.writes)
 
 
-def batch_size_for(options, height: int, width: int) -> int:
-    return batching_mod.auto_batch_size(options, height, width, devices.pool().devices[0])
-
-
-# Pair tasks in flight per device: two of the largest batches, so the next one reads its inputs while one runs.
-PAIR_THREADS = 2 * MAX_BATCH_SIZE
-
-BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
-
-
-def _retry_unless_bad_input(task, task_run, state) -> bool:
-    return state.name != BAD_INPUT
-
-
-@task(
-    name="stylize-pair",
-    task_run_name="{pair.id}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retry_condition_fn=_retry_unless_bad_input,
-)
-def stylize_pair(pair: PairSpec, runner: str = "local", retries: int = 0, batching: Batching = Batching()) -> dict:
-    """Deterministic failures end the task at once as 'Bad input'; transient ones are raised for Prefect to retry,
-    and on the last attempt end it with one line instead of a traceback."""
-    logger = get_run_logger()
-    if (task_run.run_count or 1) > 1:
-        batching = replace(batching, group=None)  # a retry runs alone: its group has gone on without it
-    try:
-        return run_pair(pair, runner, logger, batching).as_dict()
-    except StyleError as exc:
-        logger.error("%s: %s", pair.id, exc)
-        return Failed(name=BAD_INPUT, message=f"{exc}")
-    except Exception as exc:
-        attempt = task_run.run_count or 1
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if attempt > retries:
-            logger.error("%s: %s (gave up after %d attempt%s)", pair.id, reason, attempt, "s" * (attempt > 1))
-            return Failed(message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
-        logger.warning("%s: %s (attempt %d of %d, will retry)", pair.id, reason, attempt, retries + 1)
-        logger.debug("%s: traceback of attempt %d", pair.id, attempt, exc_info=True)
-        raise
+def run_batches(plans: list[BatchPlan], steps: Steps) -> list[PairOutcome]:
+    """Every batch through read → optimise → write, at most `steps.runner.window` batches at a time."""
+    queue, in_flight, outcomes = deque(plans), [], {}
+    while queue or in_flight:
+        while queue and len(in_flight) < steps.runner.window:
+            in_flight.append(steps.start(queue.popleft()))
+        waiting_on = {future: batch for batch in in_flight for future in batch.waiting}
+        future = next(as_completed(list(waiting_on)))
+        future.wait()  # already done: this keeps its final state on the future
+        batch = waiting_on[future]
+        batch.waiting.discard(future)
+        if not batch.waiting:
+            steps.advance(batch, in_flight)
+        if batch.finished:
+            in_flight.remove(batch)
+            outcomes.update(batch.outcomes)
+    return list(outcomes.values())
 
 
 # --- a run -----------------------------------------------------------------------------------------
@@ -266,80 +145,34 @@ def _run_name() -> str:
     label = Path(str(source).rstrip("/")).stem
     if label == "report":  # …/_runs/<run>/report.json → name the retry after the run it retries
         label = Path(str(source)).parent.name.split("-2")[0] + "-retry"
-    return f"{slug(label) or 'run'}-{stamp}"
+    unique = str(flow_run.id or "")[:6]  # two runs started in the same second get their own folders
+    return f"{slug(label) or 'run'}-{stamp}" + (f"-{unique}" if unique else "")
 
 
-def run_pairs(loaded: LoadedManifest, pairs: list[PairSpec], runner: str, extra_failures: list[PairOutcome] = ()) -> dict:
-    """Fan the pairs out, gather outcomes whatever happened to each, write the report and the artifacts."""
+def run_pairs(
+    loaded: LoadedManifest, pairs: list[PairSpec], runner: Runner, ray_address: str | None, devices: list[str] | None,
+    earlier: list[PairOutcome] = (),
+) -> dict:
+    """Plan the batches, run them on `runner`, and write the report and the artifacts, whatever happened to each pair."""
     logger = get_run_logger()
     began = time.perf_counter()
-    retries = loaded.manifest.retries
-    task = stylize_pair.with_options(retries=retries, retry_delay_seconds=loaded.manifest.retry_delay_seconds)
     logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
-    groups = plan_groups(pairs, loaded.manifest.batch_size, runner)
-    batched = [n for group, n in Counter(groups.values()).items() if group is not None and n > 1]
-    if batched:
-        logger.info(
-            "%d pairs in %d group%s of one output size and options, to batch (batch size %s)",
-            sum(batched), len(batched), "s" * (len(batched) > 1), loaded.manifest.batch_size,
-        )
-    memory_limit = int(loaded.manifest.memory_limit_gb * 2**30) if loaded.manifest.memory_limit_gb else None
-    order = sorted(range(len(pairs)), key=_group_order(pairs, groups))  # a group's pairs are submitted together
-    batching_mod.batcher().expect([groups[pairs[i].id] for i in order if groups[pairs[i].id]])
-    with _placement(runner):
-        submitted = {
-            i: task.submit(
-                pairs[i], runner=runner, retries=retries,
-                batching=Batching(groups[pairs[i].id], loaded.manifest.batch_size, memory_limit),
-            )
-            for i in order
-        }
-    futures = [submitted[i] for i in range(len(pairs))]
-    wait(futures)
-    outcomes = list(extra_failures)
-    for pair, future in zip(pairs, futures):
-        state = future.state
-        if state.is_completed():
-            outcomes.append(PairOutcome(**future.result()))
-        else:
-            outcomes.append(PairOutcome(pair.id, "failed", pair.content, pair.style, error=state.message or state.name))
-    return write_report(loaded, outcomes, time.perf_counter() - began)
+    with dispatch(runner, ray_address, devices) as target:
+        memory_limit = int(loaded.manifest.memory_limit_gb * 2**30) if loaded.manifest.memory_limit_gb else None
+        plans = plan_batches(pairs, loaded.manifest.batch_size, target.planning_device, memory_limit)
+        _log_plan(plans, target)
+        outcomes = run_batches(plans, Steps(loaded, target))
+    order = {pair.id: i for i, pair in enumerate(pairs)}
+    outcomes.sort(key=lambda o: order.get(o.id, -1))
+    return write_report(loaded, [*earlier, *outcomes], time.perf_counter() - began)
 
 
-def plan_groups(pairs: list[PairSpec], batch_size: int | str, runner: str) -> dict[str, str | None]:
-    """Each pair's batch group, from its content's header (one small read each, in parallel); None runs alone.
-
-    On Ray every pair is a task in a process of its own, so there is nothing to share a batch with."""
-    if batch_size == 1 or runner == "ray" or len(pairs) < 2:
-        return {pair.id: None for pair in pairs}
-
-    def key(pair: PairSpec) -> str | None:
-        try:
-            size = images.peek_size(storage.read_head(pair.content))
-        except Exception:  # unreadable now: the pair task reports it properly
-            return None
-        return group_key(*images.scaled_size(*size, pair.options.size)[::-1], pair.options) if size else None
-
-    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="stylize-plan") as pool:
-        return dict(zip((p.id for p in pairs), pool.map(key, pairs)))
-
-
-def _group_order(pairs: list[PairSpec], groups: dict[str, str | None]):
-    first: dict[str | None, int] = {}
-    for index, pair in enumerate(pairs):
-        first.setdefault(groups[pair.id], index)
-    return lambda i: (first[groups[pairs[i].id]] if groups[pairs[i].id] else i, i)
-
-
-def _placement(runner: str):
-    """On Ray, each pair task asks for one GPU where the cluster has GPUs, else for one CPU."""
-    if runner != "ray":
-        return contextlib.nullcontext()
-    import ray
-    from prefect_ray.context import remote_options
-
-    gpus = ray.cluster_resources().get("GPU", 0)
-    return remote_options(num_gpus=1) if gpus else remote_options(num_cpus=1)
+def _log_plan(plans: list[BatchPlan], target: Dispatch) -> None:
+    batched = [p for p in plans if len(p.pairs) > 1]
+    get_run_logger().info(
+        "%d batches (%d of more than one pair) on %s: %s",
+        len(plans), len(batched), target.name, ", ".join(target.devices),
+    )
 
 
 @task(name="store-report", task_run_name="store-report", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[2, 10])
@@ -393,23 +226,103 @@ def _finish(report: dict):
     return Completed(message=f"{len(report['pairs'])} pairs done", data=report)
 
 
-@flow(name="stylize-manifest", flow_run_name=_run_name, persist_result=False, validate_parameters=True, task_runner=ThreadPoolTaskRunner(max_workers=PAIR_THREADS))
-def stylize_manifest(manifest: str, output: str | None = None, runner: str = "local"):
-    """Stylise every pair of a manifest; pairs already done with the same fingerprint are skipped."""
+# --- spreading a manifest over child flow runs (pods) -------------------------------------------------
+
+
+def fan_out(loaded: LoadedManifest, pairs: list[PairSpec], deployment: str, shards: int | None) -> dict:
+    """Child flow runs of `deployment`, each with a contiguous share of the batches (each one pod with one GPU
+    on a Kubernetes pool, batching its share itself); the parent gathers their reports into one."""
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import wait_for_flow_run
+
+    began = time.perf_counter()
+    shares = _shares(pairs, loaded, shards)
+    logger = get_run_logger()
+    logger.info("%d pairs in %d child flow runs of %s", len(pairs), len(shares), deployment)
+    children = [
+        run_deployment(
+            deployment, timeout=0, as_subflow=True,
+            parameters={"manifest": loaded.uri, "output": loaded.output, "pair_ids": [p.id for p in share], "runner": "local"},
+        )
+        for share in shares
+    ]
+    outcomes: list[PairOutcome] = []
+    for child, share in zip(children, shares):
+        finished = wait_for_flow_run(child.id, timeout=None, log_states=True)
+        outcomes += _child_outcomes(loaded, finished, share)
+    return write_report(loaded, outcomes, time.perf_counter() - began)
+
+
+def _shares(pairs: list[PairSpec], loaded: LoadedManifest, shards: int | None) -> list[list[PairSpec]]:
+    """Whole batches per share (a batch never spans two pods), about equal in pairs."""
+    plans = plan_batches(pairs, loaded.manifest.batch_size, None)
+    count = max(1, min(shards or len(plans), len(plans)))
+    per_share = math.ceil(len(pairs) / count)
+    shares: list[list[PairSpec]] = [[]]
+    for plan in plans:
+        if len(shares[-1]) >= per_share:
+            shares.append([])
+        shares[-1].extend(plan.pairs)
+    return [share for share in shares if share]
+
+
+def _child_outcomes(loaded: LoadedManifest, child, share: list[PairSpec]) -> list[PairOutcome]:
+    """The child's own report, read from storage; where it wrote none, each of its pairs failed with its state."""
+    uri = storage.join(loaded.output, "_runs", child.name, "report.json")
+    try:
+        pairs = json.loads(storage.read_bytes(uri))["pairs"]
+        return [PairOutcome(**p) for p in pairs]
+    except Exception:
+        message = f"child flow run {child.name} ended {child.state.name if child.state else 'unknown'}"
+        return [PairOutcome.failed(pair, message) for pair in share]
+
+
+# --- the flows -------------------------------------------------------------------------------------------
+
+
+def _bad_manifest(manifest: str, exc: BadManifest):
+    get_run_logger().error("manifest %s is not valid:\n%s", manifest, exc)
+    return Failed(name=BAD_INPUT, message=f"manifest {manifest} is not valid: {len(exc.problems)} problem(s)")
+
+
+@flow(name="stylize-manifest", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+def stylize_manifest(
+    manifest: str,
+    output: str | None = None,
+    runner: Runner = "local",
+    ray_address: str | None = None,
+    devices: list[str] | None = None,
+    shard_deployment: str | None = None,
+    shards: int | None = None,
+    pair_ids: list[str] | None = None,
+):
+    """Stylise every pair of a manifest (or the `pair_ids` share a parent run gave this one); pairs already done
+    with the same fingerprint are skipped.
+
+    runner: local (threads on this host, one batch per device at a time), ray (batches as Ray tasks with one GPU
+    each on the cluster at `ray_address`, default RAY_ADDRESS) or deployment (`shards` child flow runs of
+    `shard_deployment`, e.g. one GPU pod each)."""
     try:
         loaded = load_manifest(manifest, output)
     except BadManifest as exc:
-        get_run_logger().error("manifest %s is not valid:\n%s", manifest, exc)
-        return Failed(name=BAD_INPUT, message=f"manifest {manifest} is not valid: {len(exc.problems)} problem(s)")
-    return _finish(run_pairs(loaded, loaded.pairs, runner))
+        return _bad_manifest(manifest, exc)
+    pairs = loaded.pairs if pair_ids is None else [p for p in loaded.pairs if p.id in set(pair_ids)]
+    if runner == "deployment":
+        if not shard_deployment:
+            return Failed(name=BAD_INPUT, message="runner 'deployment' needs shard_deployment (e.g. stylize-manifest/k8s-gpu)")
+        return _finish(fan_out(loaded, pairs, shard_deployment, shards))
+    return _finish(run_pairs(loaded, pairs, runner, ray_address or None, devices))
 
 
-@flow(name="stylize-retry-failed", flow_run_name=_run_name, persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=PAIR_THREADS))
-def retry_failed(report: str, runner: str = "local"):
+@flow(name="stylize-retry-failed", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+def retry_failed(report: str, runner: Runner = "local", ray_address: str | None = None, devices: list[str] | None = None):
     """Re-run exactly the failed pairs of a report (inputs re-read, so fixed files are picked up)."""
-    previous = json.loads(storage.read_bytes(report))
+    previous = report_mod.load_report(report)
     failed_ids = [p["id"] for p in previous["pairs"] if p["status"] == "failed"]
-    loaded = load_manifest(previous["manifest"], previous["output"])
+    try:
+        loaded = load_manifest(previous["manifest"], previous["output"])
+    except BadManifest as exc:
+        return _bad_manifest(previous["manifest"], exc)
     by_id = {p.id: p for p in loaded.pairs}
     pairs = [by_id[i] for i in failed_ids if i in by_id]
     gone = [
@@ -418,4 +331,6 @@ def retry_failed(report: str, runner: str = "local"):
         if p["status"] == "failed" and p["id"] not in by_id
     ]
     get_run_logger().info("retrying %d failed pairs of %s", len(pairs), report)
-    return _finish(run_pairs(loaded, pairs, runner, gone))
+    if runner == "deployment":
+        return Failed(name=BAD_INPUT, message="retry-failed runs on local or ray; run the k8s-gpu deployment for pods")
+    return _finish(run_pairs(loaded, pairs, runner, ray_address or None, devices, gone))

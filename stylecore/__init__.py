@@ -3,7 +3,8 @@
 Bytes and tensors in, tensors out; no Prefect, storage or CLI here.
 """
 
-from .engine import Job, Plan, Result, stylize, stylize_batch
+from .engine import EarlyStop, Job, Result, ScaleRun, stylize, stylize_batch
+from .planning import Plan
 from .tracking import IterationRecord
 from .errors import BadImage, BadOptions, NonFiniteLoss, StyleError, WeightsMismatch, WeightsMissing
 from .options import StyleOptions

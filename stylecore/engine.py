@@ -1,10 +1,10 @@
 """The optimisation: pixels pulled toward a content image's features and a style's Gram matrices.
 
-`stylize` does one image, `stylize_batch` many of one size at once. Around the
-Gatys loop sit what a bulk run needs: scales coarse to fine, colour control,
-style blends, a memory plan (batch size, tiles) made before running and revised
-on out-of-memory, and early stopping. Nothing here knows Prefect, storage or
-terminals; progress goes to an optional callback.
+`stylize` does one image, `stylize_batch` many of one size at once. The loop runs
+what `planning.py` decided (device, precision, loss weights, scales, memory plan),
+revises the plan on out-of-memory, and returns a typed record of what it did.
+Nothing here knows Prefect, storage or terminals; progress goes to an optional
+callback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,39 +27,27 @@ from .errors import BadOptions, NonFiniteLoss
 from .features import Encoder, ModelSpec, model_spec
 from .losses import content_loss_per_sample, style_loss_per_sample, tv_loss_per_sample
 from .options import StyleOptions
+from .planning import Plan, make_plan, resolve_device, sizes_to_fit
 from .targets import blended_grams, content_features, style_targets
 from .tiling import optimise_tiled
 from .tracking import IterationRecord
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Options with every default filled in for one model, preprocessing and output size."""
+class ScaleRun:
+    """One scale as it ran: its size, iterations and memory plan (revised if it ran out of memory)."""
 
-    spec: ModelSpec
-    preprocessing: str
-    content_layer: str
-    style_layers: tuple[str, ...]
-    content_weight: float
-    style_weights: tuple[float, ...]
-    tv_weight: float
-    lr: float
-    device: torch.device
-    precision: str
+    size: tuple[int, int]  # (width, height)
+    iterations: int
+    estimate_bytes: int
+    batch: int
+    tile: int | None
 
-    def as_dict(self) -> dict:
-        return {
-            "model": self.spec.name,
-            "preprocessing": self.preprocessing,
-            "content_layer": self.content_layer,
-            "style_layers": list(self.style_layers),
-            "content_weight": self.content_weight,
-            "style_weights": list(self.style_weights),
-            "tv_weight": self.tv_weight,
-            "lr": self.lr,
-            "device": str(self.device),
-            "precision": self.precision,
-        }
+
+@dataclass(frozen=True)
+class EarlyStop:
+    scale: int
+    iteration: int
 
 
 @dataclass
@@ -71,78 +59,21 @@ class Result:
     weights_sha256: str
     weights_source: str
     seconds: float
-    extra: dict = field(default_factory=dict)  # memory plan and fallbacks, scales, early stop: for meta.json
+    scales: list[ScaleRun]
+    memory_budget: int
+    fallbacks: list[str]  # every out-of-memory step taken, in words
+    early_stops: list[EarlyStop]
+    batch_size: int  # images optimised together with this one, itself included
 
     @property
     def final(self) -> IterationRecord:
         """The losses of the returned image."""
         return self.history[self.best_iteration - 1]
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadOptions(f"device {name!r} asked for, but CUDA is not available here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise BadOptions(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise BadOptions("device 'mps' asked for, but MPS is not available here")
-    return device
-
-
-def cpu_supports_bf16() -> bool:
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def resolve_precision(precision: str, device: torch.device, model: str) -> str:
-    """`auto` means bf16 where it was measured faster at the same final loss (bench/): CUDA with bf16,
-    and VGG on CPUs with native bf16 (AVX512-BF16/AMX). SqueezeNet is too small to gain on a CPU."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu" and model.startswith("vgg") and cpu_supports_bf16():
-        return "bf16"
-    return "fp32"
-
-
-def make_plan(options: StyleOptions, preprocessing: str, pixels: int, device: torch.device) -> Plan:
-    spec = model_spec(options.model)
-    defaults = spec.defaults[preprocessing]
-    style_layers = tuple(options.style_layers or spec.style_layers)
-    content_layer = options.content_layer or spec.content_layer
-    for layer in (content_layer, *style_layers):
-        try:
-            spec.index_of(layer)
-        except ValueError as exc:
-            raise BadOptions(str(exc)) from None
-    if options.style_weights is not None:
-        style_weights = tuple(options.style_weights)
-    elif options.style_layers is None:
-        style_weights = defaults.style_weights
-    else:
-        style_weights = (sum(defaults.style_weights) / len(defaults.style_weights),) * len(style_layers)
-    if len(style_weights) != len(style_layers):
-        raise BadOptions(f"style_weights has {len(style_weights)} values but there are {len(style_layers)} style layers")
-    content_weight = (
-        options.content_weight
-        if options.content_weight is not None
-        else defaults.content_weight * spec.reference_pixels / pixels
-    )
-    return Plan(
-        spec=spec,
-        preprocessing=preprocessing,
-        content_layer=content_layer,
-        style_layers=style_layers,
-        content_weight=content_weight,
-        style_weights=style_weights,
-        tv_weight=options.tv_weight if options.tv_weight is not None else defaults.tv_weight,
-        lr=options.lr if options.lr is not None else (1.0 if options.optimizer == "lbfgs" else 0.02),
-        device=device,
-        precision=resolve_precision(options.precision, device, spec.name),
-    )
+    def memory_record(self) -> dict:
+        """The memory plan as meta.json keeps it."""
+        plan = [{"size": list(s.size), "iterations": s.iterations, "estimate_bytes": s.estimate_bytes, "batch": s.batch, "tile": s.tile} for s in self.scales]
+        return {"budget_bytes": self.memory_budget, "plan": plan, "fallbacks": list(self.fallbacks)}
 
 
 # --- weights and encoders, loaded once per process -------------------------------------------------
@@ -212,27 +143,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def scale_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
-    """(height, width) for each scale, coarse to fine, each twice the one before; none shorter than 64 px."""
-    sizes = [(height, width)]
-    for _ in range(scales - 1):
-        h, w = sizes[0]
-        if min(h, w) // 2 < 64:
-            break
-        sizes.insert(0, (round(h / 2), round(w / 2)))
-    return sizes
 
 
-def planned_iterations(options: StyleOptions, height: int, width: int) -> int:
-    coarse = len(scale_sizes(height, width, options.scales)) - 1
-    return options.iterations + coarse * (options.coarse_iterations or options.iterations)
 
 
-def memory_estimate(options: StyleOptions, height: int, width: int, device: torch.device) -> memory.Estimate:
-    """What one image of this size costs with these options (preprocessing changes loss weights, not memory)."""
-    plan = make_plan(options, "caffe", height * width, device)
-    dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float32
-    return memory.estimate(plan.spec, _deepest(plan), height, width, options.optimizer, dtype)
 
 
 def _resize(image: Tensor, height: int, width: int) -> Tensor:
@@ -262,11 +176,9 @@ class _Run:
         self.began = time.perf_counter()
         self.histories: dict[int, list[IterationRecord]] = {i: [] for i in range(len(jobs))}
         self.errors: dict[int, Exception] = {}
-        self.early_stops: dict[int, list[dict]] = {i: [] for i in range(len(jobs))}
-        self.scales_log: list[dict] = []
+        self.early_stops: dict[int, list[EarlyStop]] = {i: [] for i in range(len(jobs))}
+        self.scales: list[ScaleRun] = []
         self.fallbacks: list[str] = []
-        precision = resolve_precision(options.precision, device, options.model)
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     def clock(self) -> float:
         return time.perf_counter() - self.began
@@ -320,13 +232,16 @@ def stylize_batch(
     run = _Run(jobs, options, loaded, device, memory_limit or memory.device_budget(device), on_iteration, max_batch)
 
     prepared = [_prepare(job, options, device) for job in jobs]
-    sizes = _sizes_to_fit(run, height, width)
+    fitted = sizes_to_fit(options, make_plan(options, loaded.preprocessing, height * width, device), height, width, run.budget)
+    sizes = fitted.sizes
+    if fitted.note:
+        run.fallbacks.append(fitted.note)
     starts: dict[int, Tensor] = {}
     bests: dict[int, tuple[Tensor, IterationRecord]] = {}
     for scale, (h, w) in enumerate(sizes):
         final = scale == len(sizes) - 1
         plan = make_plan(options, loaded.preprocessing, h * w, device)
-        encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, run.dtype)
+        encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, plan.dtype)
         contents = {i: _resize(content, h, w) for i, (content, _) in enumerate(prepared)}
         for i in run.alive(range(len(jobs))):
             if scale == 0:
@@ -356,12 +271,11 @@ def stylize_batch(
                 weights_sha256=loaded.sha256,
                 weights_source=loaded.source,
                 seconds=seconds,
-                extra={
-                    "scales": [list(size[::-1]) for size in sizes],
-                    "memory": {"budget_bytes": run.budget, "plan": run.scales_log, "fallbacks": run.fallbacks},
-                    "early_stop": run.early_stops[i],
-                    "batch_size": len(jobs),
-                },
+                scales=list(run.scales),
+                memory_budget=run.budget,
+                fallbacks=list(run.fallbacks),
+                early_stops=run.early_stops[i],
+                batch_size=len(jobs),
             )
         )
     return results
@@ -403,52 +317,19 @@ def _style_grams(run: _Run, encoder: Encoder, plan: Plan, styles, factor: float)
     return per_style[0] if len(per_style) == 1 else blended_grams(per_style, [w for _, w in styles])
 
 
-def _deepest(plan: Plan) -> int:
-    return max(plan.spec.index_of(layer) for layer in (plan.content_layer, *plan.style_layers))
 
 
-def _needs_tiles(run: _Run, plan: Plan, h: int, w: int) -> bool:
-    cost = memory.estimate(plan.spec, _deepest(plan), h, w, run.options.optimizer, run.dtype)
-    return cost.total(1) > run.budget
 
 
-def _sizes_to_fit(run: _Run, height: int, width: int) -> list[tuple[int, int]]:
-    """The scales asked for; when the output must be tiled and no coarser scale was asked for, add coarser ones
-    until one fits whole, so the tiled scale starts from a converged image instead of from scratch."""
-    sizes = scale_sizes(height, width, run.options.scales)
-    plan = make_plan(run.options, run.loaded.preprocessing, height * width, run.device)
-    tiled = run.options.tile is not None or _needs_tiles(run, plan, height, width)
-    if tiled and len(sizes) == 1:
-        ladder = scale_sizes(height, width, 6)  # every size scale_sizes allows, the output last
-        start = next((i for i in range(len(ladder) - 2, -1, -1) if not _needs_tiles(run, plan, *ladder[i])), 0)
-        sizes = ladder[start:]
-        if len(sizes) > 1:
-            run.fallbacks.append(f"{width}×{height} does not fit whole: started at {sizes[0][1]}×{sizes[0][0]}, tiled the output")
-    return sizes
 
 
 def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, iterations, final):
     """Optimise every live image at one scale: batches as large as fit, tiles where one image does not;
     on out-of-memory, halve the batch, then tile, then halve the tile."""
     h, w = size
-    options, deepest = run.options, _deepest(plan)
-    cost = memory.estimate(plan.spec, deepest, h, w, options.optimizer, run.dtype)
-    tile = options.tile if final else None
-    if tile is None and cost.total(1) > run.budget:
-        tile = memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget)
     pending = run.alive(sorted(starts))
-    batch = 1 if tile else memory.largest_batch(cost, run.budget, min(len(pending), run.max_batch or len(pending)))
-
-    def planned(batch: int, tile: int | None) -> dict:
-        if tile:  # the worst-case piece, with Adam, plus the whole image's optimiser state
-            piece = min(h, tile * 3 // 2), min(w, tile * 3 // 2)
-            estimate = memory.estimate(plan.spec, deepest, *piece, "adam", run.dtype, image_pixels=h * w).total()
-        else:
-            estimate = cost.total(batch)
-        return {"size": [w, h], "iterations": iterations, "estimate_bytes": estimate, "batch": batch, "tile": tile}
-
-    entry = planned(batch, tile)
-    run.scales_log.append(entry)
+    batch, tile = _memory_plan(run, plan, h, w, len(pending), run.options.tile if final else None)
+    run.scales.append(_scale_run(run, plan, size, iterations, batch, tile))
     bests: dict[int, tuple[Tensor, IterationRecord]] = {}
     while pending:
         chunk = pending[:batch]
@@ -464,22 +345,48 @@ def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, it
             for i in chunk:  # what the failed attempt recorded is discarded: the chunk starts again
                 run.histories[i] = [r for r in run.histories[i] if r.scale < scale]
             _free_cached(run.device)
-            where = f"{w}×{h}"
-            if not tile and batch > 1:
-                batch = max(1, batch // 2)
-                run.fallbacks.append(f"{where}: out of memory at batch {len(chunk)}, retried at batch {batch}")
-            elif not tile:
-                tile = min(memory.largest_tile(plan.spec, deepest, h, w, run.dtype, run.budget), max(h, w) // 2)
-                tile = max(memory.MIN_TILE, tile // 64 * 64)
-                run.fallbacks.append(f"{where}: out of memory for one image, retried in tiles of {tile}")
-            elif tile > memory.MIN_TILE:
-                smaller = max(memory.MIN_TILE, (tile // 2) // 64 * 64)
-                run.fallbacks.append(f"{where}: out of memory in tiles of {tile}, retried in tiles of {smaller}")
-                tile = smaller
-            else:
-                raise OutOfMemory(f"{where}: out of memory even in tiles of {tile} px ({exc})".splitlines()[0]) from exc
-            entry.update(planned(batch, tile))
+            batch, tile = _smaller_plan(run, plan, h, w, len(chunk), batch, tile, exc)
+            run.scales[-1] = _scale_run(run, plan, size, iterations, batch, tile)
     return bests
+
+
+def _memory_plan(run, plan, h, w, images, tile):
+    """(batch, tile) for a scale: as many images as the budget fits, or tiles where one does not fit alone."""
+    cost = memory.estimate(plan.spec, plan.deepest, h, w, run.options.optimizer, plan.dtype)
+    if tile is None and cost.total(1) > run.budget:
+        tile = memory.largest_tile(plan.spec, plan.deepest, h, w, plan.dtype, run.budget)
+    if tile:
+        return 1, tile
+    return memory.largest_batch(cost, run.budget, min(images, run.max_batch or images)), None
+
+
+def _smaller_plan(run, plan, h, w, tried, batch, tile, exc):
+    """The next rung of the out-of-memory ladder, noted in the run's fallbacks."""
+    where = f"{w}×{h}"
+    if not tile and batch > 1:
+        batch = max(1, batch // 2)
+        run.fallbacks.append(f"{where}: out of memory at batch {tried}, retried at batch {batch}")
+    elif not tile:
+        tile = min(memory.largest_tile(plan.spec, plan.deepest, h, w, plan.dtype, run.budget), max(h, w) // 2)
+        tile = max(memory.MIN_TILE, tile // 64 * 64)
+        run.fallbacks.append(f"{where}: out of memory for one image, retried in tiles of {tile}")
+    elif tile > memory.MIN_TILE:
+        smaller = max(memory.MIN_TILE, (tile // 2) // 64 * 64)
+        run.fallbacks.append(f"{where}: out of memory in tiles of {tile}, retried in tiles of {smaller}")
+        tile = smaller
+    else:
+        raise OutOfMemory(f"{where}: out of memory even in tiles of {tile} px ({exc})".splitlines()[0]) from exc
+    return batch, tile
+
+
+def _scale_run(run, plan, size, iterations, batch, tile) -> ScaleRun:
+    h, w = size
+    if tile:  # the worst-case piece, with Adam, plus the whole image's optimiser state
+        piece = min(h, tile * 3 // 2), min(w, tile * 3 // 2)
+        estimate = memory.estimate(plan.spec, plan.deepest, *piece, "adam", plan.dtype, image_pixels=h * w).total()
+    else:
+        estimate = memory.estimate(plan.spec, plan.deepest, h, w, run.options.optimizer, plan.dtype).total(batch)
+    return ScaleRun((w, h), iterations, estimate, batch, tile)
 
 
 def _first_iteration(run: _Run, index: int) -> int:
@@ -534,7 +441,7 @@ def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, ite
         else:
             bests[i] = (outcome.best.pixels, outcome.best.record)
             if outcome.stopped_at is not None:
-                run.early_stops[i].append({"scale": scale, "iteration": outcome.stopped_at})
+                run.early_stops[i].append(EarlyStop(scale, outcome.stopped_at))
     return bests
 
 
@@ -553,5 +460,5 @@ def _run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterat
             continue
         bests[i] = (best.pixels, best.record)
         if stopped_at is not None:
-            run.early_stops[i].append({"scale": scale, "iteration": stopped_at})
+            run.early_stops[i].append(EarlyStop(scale, stopped_at))
     return bests

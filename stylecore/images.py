@@ -91,10 +91,15 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
     return (height, width) if orientation in _ROTATED else (width, height)
 
 
+def to_pixels(image: Image.Image) -> Tensor:
+    """RGB image → (1, 3, H, W) uint8: a quarter of the memory of float32 while it waits for a device."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
 def to_tensor(image: Image.Image) -> Tensor:
     """RGB image → (1, 3, H, W) float32 in [0, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
+    return to_pixels(image).float().div_(255.0)
 
 
 def to_image(tensor: Tensor) -> Image.Image:
@@ -107,6 +112,10 @@ def to_image(tensor: Tensor) -> Image.Image:
 
 def load(data: bytes, longer_side: int, name: str = "image") -> Tensor:
     return to_tensor(resize_longer_side(decode(data, name), longer_side))
+
+
+def load_pixels(data: bytes, longer_side: int, name: str = "image") -> Tensor:
+    return to_pixels(resize_longer_side(decode(data, name), longer_side))
 
 
 def encode_png(image: Image.Image | Tensor) -> bytes:

@@ -51,7 +51,8 @@ def assert_job_done(job: Path) -> None:
 def test_prefect_yaml_deploys_and_a_process_worker_runs_it(job, prefect_api, tmp_path):
     prefect("work-pool", "create", "stylize-local", "--type", "process", "--overwrite")
     prefect("work-pool", "set-concurrency-limit", "stylize-local", "1")  # the run book's concurrency step
-    done = prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+    names = ("--name", "nightly", "--name", "ad-hoc", "--name", "retry-failed")  # the process pool's; k8s needs its pool
+    done = prefect("--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", *names)
     for name in ("stylize-manifest/nightly", "stylize-manifest/ad-hoc", "stylize-retry-failed/retry-failed"):
         assert name in done.stdout
     inspected = prefect("deployment", "inspect", "stylize-manifest/nightly").stdout

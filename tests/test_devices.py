@@ -1,40 +1,14 @@
-"""Device leasing: one pair per GPU at a time, never two on one device; tested with a fake device list."""
+"""Devices: what a host offers, the lease each batch takes, and the flow on two fake GPUs."""
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 
 import pytest
 
 from flows import devices
-
-
-def test_pool_never_lends_a_device_twice():
-    pool = devices.DevicePool(["cuda:0", "cuda:1", "cuda:2"])
-    in_use: set[str] = set()
-    peak = [0]
-    lock = threading.Lock()
-    problems = []
-
-    def job():
-        with pool.lease() as device:
-            with lock:
-                if device in in_use:
-                    problems.append(device)
-                in_use.add(device)
-                peak[0] = max(peak[0], len(in_use))
-            time.sleep(0.02)
-            with lock:
-                in_use.discard(device)
-
-    threads = [threading.Thread(target=job) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert problems == []
-    assert peak[0] == 3
+from flows.dispatch import Dispatch
 
 
 def test_detect_on_a_cpu_host(monkeypatch):
@@ -51,21 +25,26 @@ def test_detect_lists_every_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert devices.detect() == ["cuda:0", "cuda:1", "cuda:2"]
-    assert devices.detect("auto", tasks_per_gpu=2) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:2", "cuda:2"]
 
 
-def test_empty_pool_is_refused():
-    with pytest.raises(ValueError):
-        devices.DevicePool([])
+def test_a_lease_is_named_after_the_host_and_the_device():
+    assert devices.limit_name("cuda:0", host="gpu-7.example") == "stylize-device-gpu-7.example-cuda-0"
+    assert devices.limit_name("cuda:1", host="a") != devices.limit_name("cuda:0", host="a")
+
+
+def test_the_least_busy_device_gets_the_next_batch():
+    target = Dispatch("local", None, ["cuda:0", "cuda:1"], "cuda:0")
+    assert target.window == 4
+    assert target.least_busy([]) == "cuda:0"
+    assert target.least_busy(["cuda:0"]) == "cuda:1"
+    assert target.least_busy(["cuda:0", "cuda:1", "cuda:1"]) == "cuda:0"
 
 
 @pytest.mark.slow
 def test_the_flow_runs_one_batch_per_fake_gpu(tmp_path, prefect_api, squeezenet_weights, monkeypatch):
     """Two fake GPUs, eight pairs in batches of two: two batches run at once, each on its own device, never two
     on one device, and meta.json says which device made each pair."""
-    import json
-
-    from flows import batching, commands, pipeline
+    from flows import commands, pipeline, tasks
 
     from .test_pipeline import small_png
 
@@ -78,7 +57,7 @@ def test_the_flow_runs_one_batch_per_fake_gpu(tmp_path, prefect_api, squeezenet_
         "pairs:\n  - {content: '?.png', style: style.png}\n"
     )
     spans: list[tuple[str, int, float, float]] = []
-    real_stylize_batch = batching.stylize_batch
+    real_stylize_batch = tasks.stylize_batch
 
     def on_fake_gpu(jobs, options, on_iteration=None, **kwargs):
         began = time.monotonic()
@@ -89,7 +68,7 @@ def test_the_flow_runs_one_batch_per_fake_gpu(tmp_path, prefect_api, squeezenet_
             result.plan = type(result.plan)(**{**result.plan.__dict__, "device": options.device})
         return results
 
-    monkeypatch.setattr(batching, "stylize_batch", on_fake_gpu)
+    monkeypatch.setattr(tasks, "stylize_batch", on_fake_gpu)
     assert commands._run_flow(pipeline.stylize_manifest, "local", "cuda:0,cuda:1", manifest=str(tmp_path / "job.yaml")) == 0
     assert sorted((d, n) for d, n, _, _ in spans) == [("cuda:0", 2), ("cuda:0", 2), ("cuda:1", 2), ("cuda:1", 2)]
     for device in ("cuda:0", "cuda:1"):

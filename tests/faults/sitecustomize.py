@@ -29,9 +29,9 @@ if _plan:
     if any(f["op"] == "oom" for f in _plan):
         import torch
 
-        from flows import batching
+        from flows import tasks
 
-        real_stylize_batch = batching.stylize_batch
+        real_stylize_batch = tasks.stylize_batch
 
         def out_of_memory(jobs, *args, **kwargs):
             for fault in _plan:
@@ -40,4 +40,4 @@ if _plan:
                     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
             return real_stylize_batch(jobs, *args, **kwargs)
 
-        batching.stylize_batch = out_of_memory
+        tasks.stylize_batch = out_of_memory

@@ -1,0 +1,180 @@
+"""The Prefect tasks: per pair read and decode, per batch optimise on one device, per pair write.
+
+Each is the unit Prefect retries and shows: a pair's read and write steps carry its id,
+so an operator sees every pair, and a bad input or a skip ends that pair's read step
+without touching a device. Deterministic failures (`StyleError`) end a task at once in
+a `Bad input` state; anything else is taken as transient and raised for Prefect to
+retry, and on the last attempt ends the task with one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+from prefect.states import Completed, Failed
+
+from stylecore.engine import stylize_batch
+from stylecore.errors import StyleError
+from stylecore.planning import planned_iterations
+
+from . import devices, outputs, storage
+from .batches import BatchPlan
+from .manifest import PairSpec
+from .pairs import (
+    OptimisedPair,
+    PairOutcome,
+    PreparedPair,
+    decode,
+    finished_before,
+    read_and_fingerprint,
+    this_worker,
+    utc_now,
+    write_outputs,
+)
+from .progress import ProgressReporter, finish_all
+
+BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
+SKIPPED = "Skipped"  # a pair whose outputs are already there, made from the same inputs, options, weights and code
+
+
+Optimised = OptimisedPair | StyleError | PairOutcome  # a member's result, its own failure, or done meanwhile
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    return state.name != BAD_INPUT
+
+
+def ended(label: str, retries: int, step: Callable[[], Any]):
+    """`step()`'s value, or the state that ends the task: `Bad input` for a `StyleError`; for anything else, raise
+    while Prefect has retries left and then end `Failed` with one line."""
+    logger = get_run_logger()
+    try:
+        return step()
+    except StyleError as exc:
+        logger.error("%s: %s", label, exc)
+        return Failed(name=BAD_INPUT, message=f"{exc}")
+    except Exception as exc:
+        attempt = task_run.run_count or 1
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if attempt > retries:
+            logger.error("%s: %s (gave up after %d attempt%s)", label, reason, attempt, "s" * (attempt > 1))
+            return Failed(message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
+        logger.warning("%s: %s (attempt %d of %d, will retry)", label, reason, attempt, retries + 1)
+        logger.debug("%s: traceback of attempt %d", label, attempt, exc_info=True)
+        raise
+
+
+TASK_OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retry_unless_bad_input)
+
+
+@task(name="read-pair", task_run_name="{pair.id}", **TASK_OPTIONS)
+def read_pair(pair: PairSpec, retries: int = 0):
+    """Read and fingerprint the inputs; skip a pair already done; decode what must run."""
+
+    def step():
+        read = read_and_fingerprint(pair)
+        done = finished_before(pair, read.fingerprint)
+        if done is not None:
+            get_run_logger().info("%s: unchanged since its last run, skipped", pair.id)
+            return Completed(name=SKIPPED, message="outputs already made from the same inputs", data=done)
+        if storage.remove_temporaries(pair.output, within=storage.parent(pair.output)):
+            get_run_logger().info("%s: removed temporary files a stopped run left behind", pair.id)
+        return decode(read)
+
+    return ended(pair.id, retries, step)
+
+
+@task(name="optimise-batch", task_run_name="{batch.label}", **TASK_OPTIONS)
+def optimise_batch(
+    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None = None, retries: int = 0
+) -> list[Optimised]:
+    """One batch on one device: each member's result, or its own deterministic error."""
+
+    def step():
+        with devices.lease(device) if runner == "local" else nullcontext(device):
+            return optimise_members(batch, members, device, runner, memory_limit, retrying=(task_run.run_count or 1) > 1)
+
+    return ended(batch.label, retries, step)
+
+
+def optimise_members(
+    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None, retrying: bool = False
+) -> list[Optimised]:
+    """Members of one decoded size and options optimise together; a member whose header misled the plan
+    optimises in a group of its own, on the same lease. On a retry, members that another run finished
+    meanwhile are not optimised again."""
+    logger = get_run_logger()
+    done: dict[int, Optimised] = {}
+    groups: dict[tuple, list[int]] = {}
+    for index, member in enumerate(members):
+        finished = finished_before(member.pair, member.fingerprint) if retrying else None
+        if finished is not None:
+            done[index] = finished
+        else:
+            groups.setdefault((member.size, member.pair.options), []).append(index)
+    if len(groups) > 1:
+        logger.info("%s: decoded sizes differ from the headers: %d groups", batch.label, len(groups))
+    for (size, options), indices in groups.items():
+        group = [members[i] for i in indices]
+        done.update(zip(indices, _optimise_group(batch, group, options, device, runner, memory_limit)))
+    return [done[i] for i in range(len(members))]
+
+
+def _optimise_group(batch, group: list[PreparedPair], options, device, runner, memory_limit):
+    logger = get_run_logger()
+    reporters = [ProgressReporter(m.pair.id, planned_iterations(options, *m.size), logger) for m in group]
+    run_options = options if runner != "local" or options.device != "auto" else options.merged({"device": device})
+    started = utc_now()
+    results = stylize_batch(
+        [m.job() for m in group], run_options, lambda i, record: reporters[i](record),
+        weights=outputs.weights_for(options), memory_limit=memory_limit, max_batch=batch.limit,
+    )
+    finished = utc_now()
+    finish_all([r for r, result in zip(reporters, results) if not isinstance(result, Exception)])
+    optimised = []
+    for member, result in zip(group, results):
+        if isinstance(result, Exception):
+            optimised.append(result if isinstance(result, StyleError) else StyleError(f"{type(result).__name__}: {result}"))
+            continue
+        worker = this_worker(str(result.plan.device), _ray_node() if runner == "ray" else None)
+        together = f" in a batch of {result.batch_size}" if result.batch_size > 1 else ""
+        logger.info("%s: optimised on %s%s in %.1fs", member.pair.id, worker.device, together, result.seconds)
+        for note in result.fallbacks:
+            logger.warning("%s: %s", member.pair.id, note)
+        optimised.append(OptimisedPair(member, result, worker, batch.limit, started, finished))
+    return optimised
+
+
+def _ray_node() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+@task(name="write-pair", task_run_name="{pair.id}: write", **TASK_OPTIONS)
+def write_pair(pair: PairSpec, optimised: list[Optimised], index: int, runner: str, retries: int = 0):
+    """The pair's outputs, meta.json last; or the pair's own failure from its batch."""
+    item = optimised[index]
+    if isinstance(item, PairOutcome):
+        return Completed(name=SKIPPED, message="finished meanwhile by another run", data=item)
+    if isinstance(item, StyleError):
+        return ended(pair.id, retries, lambda: _raise(item))
+    return ended(pair.id, retries, lambda: write_outputs(item, runner))
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def outcome_of(pair: PairSpec, state, result: Callable[[], Any]) -> PairOutcome:
+    """A finished read or write task's state as the pair's outcome."""
+    if state.is_completed() and state.name in (SKIPPED, "Completed"):
+        value = result()
+        if isinstance(value, PairOutcome):
+            return value
+    return PairOutcome.failed(pair, state.message or state.name)
