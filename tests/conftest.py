@@ -1,4 +1,5 @@
-"""Shared test ground: the real images and weights in ../shared, and a private Prefect and weights cache."""
+"""Shared test ground: the packaged SqueezeNet weights, real pictures from skimage.data, and a private
+Prefect and weights cache. Nothing outside the checkout is read."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STYLIZE_SHARED", ROOT.parent / "shared")) / "data"
-SQUEEZENET = SHARED / "models" / "squeezenet1_1-caffe-features-rgb.pth"
-IMAGES = SHARED / "images"
 
 # Everything a test run writes stays out of the user's home: Prefect, torch hub and our weights cache.
 _HOME = Path(tempfile.mkdtemp(prefix="stylize-tests-"))
@@ -24,25 +22,30 @@ os.environ["STYLIZE_CACHE"] = str(_HOME / "stylize")
 os.environ["TORCH_HOME"] = str(_HOME / "torch")
 
 
-def need_shared(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is laid beside the checkout in CI)")
+@pytest.fixture(scope="session")
+def squeezenet_weights() -> Path:
+    """The SqueezeNet 1.1 weights shipped in the package (stylecore/data)."""
+    from stylecore import weights
+
+    path = weights.packaged_file("squeezenet1_1")
+    assert path is not None and path.is_file(), f"{path} is missing from the package"
     return path
 
 
 @pytest.fixture(scope="session")
-def squeezenet_weights() -> Path:
-    return need_shared(SQUEEZENET)
-
-
-@pytest.fixture(scope="session")
 def tubingen_bytes() -> bytes:
-    return need_shared(IMAGES / "tubingen.jpg").read_bytes()
+    """The content photo (skimage's coffee, cropped to 533×400), as PNG bytes."""
+    from .images import sample_png
+
+    return sample_png("tubingen.jpg")
 
 
 @pytest.fixture(scope="session")
 def starry_bytes() -> bytes:
-    return need_shared(IMAGES / "starry_night.jpg").read_bytes()
+    """The style picture (skimage's immunohistochemistry), as PNG bytes."""
+    from .images import sample_png
+
+    return sample_png("starry_night.jpg")
 
 
 # --- real servers, started and stopped by the tests --------------------------------------------------

@@ -1,13 +1,52 @@
-"""Image fixtures made in code: every mode and defect the decoder must handle (no binaries in git)."""
+"""Image fixtures made in code: every mode and defect the decoder must handle (no binaries in git), and
+real pictures from scikit-image's wheel (public domain, no download) standing in for the classic names."""
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# The names the tests use → a distinct skimage.data sample. The content photo is cropped to 4:3 (533×400,
+# like the 1024×768 Tübingen photo the tests were written for), so a 64 px output is 64×48.
+SAMPLES = {
+    "tubingen.jpg": "coffee",  # photo: a cup of coffee, bold shapes and edges
+    "starry_night.jpg": "immunohistochemistry",  # texture: stained tissue, a full colour histogram
+    "the_scream.jpg": "hubble_deep_field",  # texture: stars and galaxies on black, NASA
+    "composition_vii.jpg": "rocket",  # photo: a rocket on its launch pad, 3:2 like Composition VII
+}
+
+
+@functools.lru_cache(maxsize=None)
+def sample(name: str) -> Image.Image:
+    """The RGB picture standing in for `name` ("tubingen.jpg", …); a skimage.data name works too."""
+    import skimage.data
+
+    array = getattr(skimage.data, SAMPLES.get(name, name))()
+    if name == "tubingen.jpg":
+        array = array[:, 33:566]  # 600×400 → 533×400 (4:3), the cup kept whole
+    return Image.fromarray(array).convert("RGB")
+
+
+def sample_png(name: str, longer_side: int | None = None) -> bytes:
+    """`sample(name)` as PNG bytes, shrunk so its longer side is at most `longer_side` pixels."""
+    image = sample(name).copy()
+    if longer_side:
+        image.thumbnail((longer_side, longer_side))
+    return encode(image)
+
+
+def write_sample(folder: Path, name: str, longer_side: int | None = None) -> Path:
+    """`sample_png(name)` written to folder/<stem>.png; returns the path."""
+    path = Path(folder) / f"{Path(name).stem}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(sample_png(name, longer_side))
+    return path
 
 
 def gradient(width=40, height=30) -> np.ndarray:

@@ -11,13 +11,13 @@ from stylecore import BadOptions, Job, NonFiniteLoss, StyleOptions, images, lock
 from stylecore import engine
 from stylecore.targets import blended_grams, style_targets
 
-from .conftest import IMAGES, need_shared
+from . import images as fixtures
 
 SIZE = 64
 
 
 def _load(name: str, size: int = SIZE) -> torch.Tensor:
-    return images.load(need_shared(IMAGES / name).read_bytes(), size)
+    return images.load(fixtures.sample_png(name), size)
 
 
 @pytest.fixture(scope="module")

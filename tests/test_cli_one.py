@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from . import images as fixtures
-from .conftest import IMAGES, ROOT
+from .conftest import ROOT
 
 
 def stylize(*args, cwd=None):
@@ -17,8 +17,9 @@ def stylize(*args, cwd=None):
 
 def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubingen_bytes):
     output = tmp_path / "result" / "tubingen.png"
+    content, style = fixtures.write_sample(tmp_path, "tubingen.jpg"), fixtures.write_sample(tmp_path, "starry_night.jpg")
     done = stylize(
-        "one", str(IMAGES / "tubingen.jpg"), str(IMAGES / "starry_night.jpg"), str(output),
+        "one", str(content), str(style), str(output),
         "--model", "squeezenet1_1", "--weights", str(squeezenet_weights), "--size", "64", "--iterations", "12",
     )
     assert done.returncode == 0, done.stderr
@@ -33,9 +34,10 @@ def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubin
 
 def test_one_blends_styles_over_two_scales_in_tiles(tmp_path, squeezenet_weights):
     output = tmp_path / "blend.png"
+    content, starry, scream = (fixtures.write_sample(tmp_path / "in", n) for n in ("tubingen.jpg", "starry_night.jpg", "the_scream.jpg"))
     done = stylize(
-        "one", str(IMAGES / "tubingen.jpg"), f"{IMAGES / 'starry_night.jpg'}=0.6", str(output),
-        "--blend", f"{IMAGES / 'the_scream.jpg'}=0.4", "--model", "squeezenet1_1", "--weights", str(squeezenet_weights),
+        "one", str(content), f"{starry}=0.6", str(output),
+        "--blend", f"{scream}=0.4", "--model", "squeezenet1_1", "--weights", str(squeezenet_weights),
         "--size", "192", "--scales", "2", "--coarse-iterations", "4", "--iterations", "3", "--tile", "64",
         "--colour", "luminance", "-q",
     )

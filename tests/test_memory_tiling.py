@@ -12,7 +12,8 @@ import torch
 from stylecore import StyleOptions, images, memory, stylize, tiling
 from stylecore.features import MODELS
 
-from .conftest import IMAGES, ROOT, need_shared
+from . import images as fixtures
+from .conftest import ROOT
 
 VGG = MODELS["vgg16"]
 RELU5_1 = VGG.index_of("relu5_1")
@@ -87,8 +88,8 @@ def test_shifting_the_tile_grid_leaves_no_seams(squeezenet_weights, monkeypatch)
     from stylecore.engine import load_encoder, load_weights, make_plan
     from stylecore.targets import style_targets
 
-    content = images.load(need_shared(IMAGES / "tubingen.jpg").read_bytes(), 256)
-    style = images.load(need_shared(IMAGES / "starry_night.jpg").read_bytes(), 256)
+    content = images.load(fixtures.sample_png("tubingen.jpg"), 256)
+    style = images.load(fixtures.sample_png("starry_night.jpg"), 256)
     options = StyleOptions(model="squeezenet1_1", weights=str(squeezenet_weights), device="cpu", tv_weight=0)
     loaded = load_weights(options)
     plan = make_plan(options, loaded.preprocessing, content.shape[-1] * content.shape[-2], torch.device("cpu"))
@@ -112,8 +113,8 @@ def test_shifting_the_tile_grid_leaves_no_seams(squeezenet_weights, monkeypatch)
 
 
 def test_an_explicit_tile_size_tiles_the_output_after_a_coarse_start(squeezenet_weights):
-    content = images.load(need_shared(IMAGES / "tubingen.jpg").read_bytes(), 256)
-    style = images.load(need_shared(IMAGES / "starry_night.jpg").read_bytes(), 256)
+    content = images.load(fixtures.sample_png("tubingen.jpg"), 256)
+    style = images.load(fixtures.sample_png("starry_night.jpg"), 256)
     options = StyleOptions(model="squeezenet1_1", weights=str(squeezenet_weights), size=256, iterations=4, tile=128, device="cpu")
     result = stylize(content, style, options)
     assert result.extra["scales"] == [[128, 96], [256, 192]]  # a whole coarse scale first, so tiles refine
@@ -122,8 +123,8 @@ def test_an_explicit_tile_size_tiles_the_output_after_a_coarse_start(squeezenet_
 
 
 def test_a_memory_limit_below_the_estimate_tiles(squeezenet_weights):
-    content = images.load(need_shared(IMAGES / "tubingen.jpg").read_bytes(), 256)
-    style = images.load(need_shared(IMAGES / "starry_night.jpg").read_bytes(), 256)
+    content = images.load(fixtures.sample_png("tubingen.jpg"), 256)
+    style = images.load(fixtures.sample_png("starry_night.jpg"), 256)
     options = StyleOptions(model="squeezenet1_1", weights=str(squeezenet_weights), size=256, iterations=3, device="cpu")
     whole = memory.estimate(MODELS["squeezenet1_1"], MODELS["squeezenet1_1"].index_of("7"), 192, 256, "lbfgs", torch.float32)
     result = stylize(content, style, options, memory_limit=whole.total() - 1)

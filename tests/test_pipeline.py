@@ -16,7 +16,7 @@ from PIL import Image
 from flows import storage
 
 from . import images as fixtures
-from .conftest import IMAGES, ROOT
+from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +24,7 @@ SMALL = 80
 
 
 def small_png(name: str) -> bytes:
-    image = Image.open(IMAGES / name).convert("RGB")
-    image.thumbnail((SMALL, SMALL))
-    return fixtures.encode(image)
+    return fixtures.sample_png(name, SMALL)
 
 
 def manifest_text(output: str, pairs: str, weights: str, extra: str = "") -> str:

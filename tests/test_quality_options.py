@@ -9,11 +9,11 @@ from pydantic import ValidationError
 from stylecore import StyleOptions, colour, images, stylize
 from stylecore.engine import planned_iterations, scale_sizes
 
-from .conftest import IMAGES, need_shared
+from . import images as fixtures
 
 
 def _load(name: str, size: int) -> torch.Tensor:
-    return images.load(need_shared(IMAGES / name).read_bytes(), size)
+    return images.load(fixtures.sample_png(name), size)
 
 
 def options(weights, **overrides) -> StyleOptions:

@@ -1,6 +1,7 @@
 """Weights: round trip, hashes, preprocessing by identity, the offline VGG16 conversion, clear errors."""
 
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,10 +51,58 @@ def test_weights_for_another_model_are_refused(tmp_path):
         weights.install_state_dict(MODELS["vgg16"], MODELS["vgg16"].build(), loaded)
 
 
-def test_shared_squeezenet_is_known_as_caffe(squeezenet_weights):
+def test_packaged_squeezenet_is_known_as_caffe(squeezenet_weights):
     loaded = weights.load_weights_file(squeezenet_weights)
     assert loaded.sha256 == "9e6744a81d9db9a81ee646aeba8f9d9daec2b3605ed730042d69915662788f7d"
     assert loaded.preprocessing == "caffe"
+
+
+def test_packaged_squeezenet_ships_with_its_licence():
+    path = weights.packaged_file("squeezenet1_1")
+    assert path is not None and path.is_file() and path.parent.name == "data" and path.parent.parent.name == "stylecore"
+    notice = (path.parent / "LICENSE-squeezenet1_1.txt").read_text()
+    assert "BSD" in notice and "Iandola" in notice and weights.PACKAGED_SQUEEZENET_SHA256 in notice
+    assert weights.packaged_file("vgg16") is None
+
+
+def test_squeezenet_by_default_is_the_packaged_file_offline(tmp_path, monkeypatch):
+    """Empty caches and no download allowed: the packaged file, checked and known as caffe."""
+    monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    found = weights.resolve_default(MODELS["squeezenet1_1"], allow_download=False)
+    assert found.source == str(weights.packaged_file("squeezenet1_1"))
+    assert found.sha256 == weights.PACKAGED_SQUEEZENET_SHA256 and found.preprocessing == "caffe"
+    features = MODELS["squeezenet1_1"].build()
+    weights.install_state_dict(MODELS["squeezenet1_1"], features, found)  # every key and shape fits
+    assert weights.fetch("squeezenet1_1") == weights.packaged_file("squeezenet1_1")  # nothing to download
+
+
+def test_the_packaged_file_comes_before_torchvision_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path, _ = _random_squeezenet_file(tmp_path)
+    monkeypatch.setattr(weights, "torchvision_cached_file", lambda spec: path)
+    found = weights.resolve_default(MODELS["squeezenet1_1"], allow_download=False)
+    assert found.sha256 == weights.PACKAGED_SQUEEZENET_SHA256
+
+
+def test_a_damaged_packaged_file_is_refused(tmp_path, monkeypatch):
+    path, _ = _random_squeezenet_file(tmp_path)
+    monkeypatch.setattr(weights, "packaged_file", lambda model: path)
+    with pytest.raises(WeightsMismatch, match="not the one pinned"):
+        weights.resolve_default(MODELS["squeezenet1_1"], allow_download=False)
+
+
+def test_weights_list_shows_the_packaged_squeezenet(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STYLIZE_CACHE": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch")}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "weights", "list"], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    line = next(row for row in done.stdout.splitlines() if row.startswith("squeezenet1_1"))
+    assert line.split()[1:] == ["caffe", str(weights.packaged_file("squeezenet1_1"))]
 
 
 def test_torchvision_file_names_carry_their_preprocessing():
