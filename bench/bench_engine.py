@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stylecore import StyleOptions, images, stylize, weights  # noqa: E402
-from stylecore.engine import cpu_supports_bf16, load_weights, make_plan  # noqa: E402
+from stylecore.engine import load_weights  # noqa: E402
+from stylecore.planning import cpu_supports_bf16, make_plan  # noqa: E402
 from stylecore.features import MODELS, Encoder  # noqa: E402
 
 import tutorial_baseline  # noqa: E402

@@ -75,7 +75,7 @@ def cmd_one(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stylecore import images, stylize
-    from stylecore.planning import planned_iterations
+    from stylecore.planning import make_plan, planned_iterations, precision_choice, resolve_device
 
     from . import outputs, storage
 
@@ -91,6 +91,10 @@ def cmd_one(args: argparse.Namespace) -> int:
     loaded = outputs.weights_for(options)
     memory_limit = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None
     total = planned_iterations(options, *content.shape[-2:])
+    device = resolve_device(options.device)
+    make_plan(options, loaded.preprocessing, content.shape[-2] * content.shape[-1], device)  # bad layers: one line, now
+    precision, why = precision_choice(options.precision, device, options.model)
+    print(f"{options.model} on {device}, {precision}: {why}", file=sys.stderr)
     with tqdm(total=total, unit="it", dynamic_ncols=True, disable=args.quiet) as bar:
 
         def show(record):

@@ -10,7 +10,6 @@ accounting is the lease there.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -48,10 +47,9 @@ class Dispatch:
         with placement:
             return self.task_runner.submit(task, parameters)
 
-    def least_busy(self, busy: list[str | None]) -> str:
-        """The device with the fewest batches already given to it."""
-        counts = Counter(busy)
-        return min(self.devices, key=lambda device: counts[device] / self.devices.count(device))
+    def free_device(self, busy: list[str]) -> str | None:
+        """A device with no batch of this run on it (on Ray, one of the cluster's GPUs), or None."""
+        return next((d for d in dict.fromkeys(self.devices) if busy.count(d) < self.devices.count(d)), None)
 
 
 @contextmanager

@@ -64,6 +64,8 @@ class Steps:
         settings = loaded.manifest
         self.retries = settings.retries
         self.runner = runner
+        self.ready: deque[BatchInFlight] = deque()  # read, waiting for a device of this run to be free
+        self.busy: list[str] = []  # the devices batches optimise on now, one entry per batch
         self.memory_limit = int(settings.memory_limit_gb * 2**30) if settings.memory_limit_gb else None
         retry = dict(retries=settings.retries, retry_delay_seconds=settings.retry_delay_seconds)
         self.read, self.optimise, self.write = (t.with_options(**retry) for t in (read_pair, optimise_batch, write_pair))
@@ -71,18 +73,20 @@ class Steps:
     def start(self, plan: BatchPlan) -> BatchInFlight:
         return BatchInFlight(plan, [self.runner.submit(self.read, pair=pair, retries=self.retries) for pair in plan.pairs])
 
-    def advance(self, batch: BatchInFlight, in_flight: list[BatchInFlight]) -> None:
+    def advance(self, batch: BatchInFlight) -> None:
         """The batch's current step has finished: submit the next one, or settle its outcomes."""
         if batch.optimise is None:
-            self._after_reads(batch, in_flight)
+            self._after_reads(batch)
         elif not batch.writes:
+            self.busy.remove(batch.device)
             self._after_optimise(batch)
+            self._start_ready()
         else:
             for pair, future in zip(batch.members, batch.writes):
                 batch.outcomes[pair.id] = outcome_of(pair, future.state, future.result)
             batch.finished = True
 
-    def _after_reads(self, batch: BatchInFlight, in_flight: list[BatchInFlight]) -> None:
+    def _after_reads(self, batch: BatchInFlight) -> None:
         members = []
         for pair, future in zip(batch.plan.pairs, batch.reads):
             state = future.state
@@ -90,17 +94,27 @@ class Steps:
                 members.append((pair, future))
             else:  # skipped, bad input or failed for good: this pair is settled without a device
                 batch.outcomes[pair.id] = outcome_of(pair, state, future.result)
-        batch.reads = []
         if not members:
             batch.finished = True
             return
         batch.members = [pair for pair, _ in members]
-        batch.device = self.runner.least_busy([b.device for b in in_flight if b.optimise is not None])
-        batch.optimise = self.runner.submit(
-            self.optimise, on_device=True, batch=batch.plan, members=[future for _, future in members],
-            device=batch.device, runner=self.runner.name, memory_limit=self.memory_limit, retries=self.retries,
-        )
-        batch.waiting = {batch.optimise}
+        batch.reads = [future for _, future in members]
+        self.ready.append(batch)
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Read batches go to free devices, one batch per device of this run at a time, so each asks for its
+        device's lease only once the batch before it has let go (a waiting lease polls, and would idle the device)."""
+        while self.ready and (device := self.runner.free_device(self.busy)) is not None:
+            batch = self.ready.popleft()
+            batch.device = device
+            self.busy.append(device)
+            batch.optimise = self.runner.submit(
+                self.optimise, on_device=True, batch=batch.plan, members=batch.reads,
+                device=batch.device, runner=self.runner.name, memory_limit=self.memory_limit, retries=self.retries,
+            )
+            batch.reads = []
+            batch.waiting = {batch.optimise}
 
     def _after_optimise(self, batch: BatchInFlight) -> None:
         state = batch.optimise.state
@@ -128,7 +142,7 @@ def run_batches(plans: list[BatchPlan], steps: Steps) -> list[PairOutcome]:
         batch = waiting_on[future]
         batch.waiting.discard(future)
         if not batch.waiting:
-            steps.advance(batch, in_flight)
+            steps.advance(batch)
         if batch.finished:
             in_flight.remove(batch)
             outcomes.update(batch.outcomes)
@@ -158,10 +172,10 @@ def run_pairs(
     began = time.perf_counter()
     logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
     with dispatch(runner, ray_address, devices) as target:
-        memory_limit = int(loaded.manifest.memory_limit_gb * 2**30) if loaded.manifest.memory_limit_gb else None
-        plans = plan_batches(pairs, loaded.manifest.batch_size, target.planning_device, memory_limit)
+        steps = Steps(loaded, target)
+        plans = plan_batches(pairs, loaded.manifest.batch_size, target.planning_device, steps.memory_limit)
         _log_plan(plans, target)
-        outcomes = run_batches(plans, Steps(loaded, target))
+        outcomes = run_batches(plans, steps)
     order = {pair.id: i for i, pair in enumerate(pairs)}
     outcomes.sort(key=lambda o: order.get(o.id, -1))
     return write_report(loaded, [*earlier, *outcomes], time.perf_counter() - began)
@@ -234,6 +248,7 @@ def fan_out(loaded: LoadedManifest, pairs: list[PairSpec], deployment: str, shar
     on a Kubernetes pool, batching its share itself); the parent gathers their reports into one."""
     from prefect.deployments import run_deployment
     from prefect.flow_runs import wait_for_flow_run
+    from prefect.utilities.asyncutils import run_coro_as_sync
 
     began = time.perf_counter()
     shares = _shares(pairs, loaded, shards)
@@ -248,7 +263,7 @@ def fan_out(loaded: LoadedManifest, pairs: list[PairSpec], deployment: str, shar
     ]
     outcomes: list[PairOutcome] = []
     for child, share in zip(children, shares):
-        finished = wait_for_flow_run(child.id, timeout=None, log_states=True)
+        finished = run_coro_as_sync(wait_for_flow_run(child.id, timeout=None, log_states=True))
         outcomes += _child_outcomes(loaded, finished, share)
     return write_report(loaded, outcomes, time.perf_counter() - began)
 

@@ -48,6 +48,16 @@ def starry_bytes() -> bytes:
     return sample_png("starry_night.jpg")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `netns` run only inside the network namespace their driver test makes (tests/test_ray.py);
+    there, only they run."""
+    inside = os.environ.get("STYLIZE_NETNS") == "1"
+    chosen = [item for item in items if (item.get_closest_marker("netns") is not None) == inside]
+    if len(chosen) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = chosen
+
+
 # --- real servers, started and stopped by the tests --------------------------------------------------
 
 import shutil  # noqa: E402

@@ -93,7 +93,7 @@ def test_a_batch_matches_one_by_one_within_float_noise(pictures, squeezenet_weig
     styles = [pictures["starry_night"], pictures["the_scream"], pictures["composition_vii"]]
     opts = options(squeezenet_weights, precision="fp32")
     batch = stylize_batch([Job(c, [(s, 1.0)]) for c, s in zip(contents, styles)], opts)
-    assert batch[0].extra["memory"]["plan"][0]["batch"] == 3  # really one batch of three
+    assert batch[0].scales[0].batch == 3  # really one batch of three
     for content, style, together in zip(contents, styles, batch):
         alone = stylize(content, style, opts)
         assert len(alone.history) == len(together.history) == 8
@@ -155,12 +155,12 @@ def test_out_of_memory_halves_the_batch_then_tiles(pictures, squeezenet_weights,
     for result in results:
         assert result.image.shape == content.shape
         assert len(result.history) == 3  # what the failed attempts recorded was discarded
-        fallbacks = result.extra["memory"]["fallbacks"]
+        fallbacks = result.fallbacks
         assert fallbacks == [
             "256×192: out of memory at batch 2, retried at batch 1",
             "256×192: out of memory for one image, retried in tiles of 128",
         ]
-        assert result.extra["memory"]["plan"][-1] | {"estimate_bytes": 0} == {
+        assert result.memory_record()["plan"][-1] | {"estimate_bytes": 0} == {
             "size": [256, 192], "iterations": 3, "estimate_bytes": 0, "batch": 1, "tile": 128,
         }
 

@@ -32,12 +32,14 @@ def test_a_lease_is_named_after_the_host_and_the_device():
     assert devices.limit_name("cuda:1", host="a") != devices.limit_name("cuda:0", host="a")
 
 
-def test_the_least_busy_device_gets_the_next_batch():
+def test_a_batch_goes_to_a_free_device_one_batch_per_device():
     target = Dispatch("local", None, ["cuda:0", "cuda:1"], "cuda:0")
     assert target.window == 4
-    assert target.least_busy([]) == "cuda:0"
-    assert target.least_busy(["cuda:0"]) == "cuda:1"
-    assert target.least_busy(["cuda:0", "cuda:1", "cuda:1"]) == "cuda:0"
+    assert target.free_device([]) == "cuda:0"
+    assert target.free_device(["cuda:0"]) == "cuda:1"
+    assert target.free_device(["cuda:1", "cuda:0"]) is None
+    on_ray = Dispatch("ray", None, ["auto", "auto"], None)  # two GPUs somewhere in the cluster
+    assert on_ray.free_device(["auto"]) == "auto" and on_ray.free_device(["auto", "auto"]) is None
 
 
 @pytest.mark.slow

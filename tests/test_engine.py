@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stylecore import BadOptions, NonFiniteLoss, StyleOptions, images, stylize
-from stylecore.engine import make_plan
+from stylecore.planning import make_plan
 from stylecore.features import MODELS
 
 SIZE = 96

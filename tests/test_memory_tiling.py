@@ -68,7 +68,7 @@ stylize(torch.rand(1, 3, 48, 64), torch.rand(1, 3, 48, 64), options.merged({"ite
 base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 result = stylize(torch.rand(1, 3, 288, 384), torch.rand(1, 3, 288, 384), options, weights=loaded)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-print(json.dumps({"peak": peak, "estimate": result.extra["memory"]["plan"][0]["estimate_bytes"]}))
+print(json.dumps({"peak": peak, "estimate": result.scales[0].estimate_bytes}))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -85,7 +85,8 @@ def _seam_score(result: torch.Tensor, start: torch.Tensor, tile: int) -> float:
 
 
 def test_shifting_the_tile_grid_leaves_no_seams(squeezenet_weights, monkeypatch):
-    from stylecore.engine import load_encoder, load_weights, make_plan
+    from stylecore.engine import load_encoder, load_weights
+    from stylecore.planning import make_plan
     from stylecore.targets import style_targets
 
     content = images.load(fixtures.sample_png("tubingen.jpg"), 256)
@@ -117,8 +118,8 @@ def test_an_explicit_tile_size_tiles_the_output_after_a_coarse_start(squeezenet_
     style = images.load(fixtures.sample_png("starry_night.jpg"), 256)
     options = StyleOptions(model="squeezenet1_1", weights=str(squeezenet_weights), size=256, iterations=4, tile=128, device="cpu")
     result = stylize(content, style, options)
-    assert result.extra["scales"] == [[128, 96], [256, 192]]  # a whole coarse scale first, so tiles refine
-    assert [entry["tile"] for entry in result.extra["memory"]["plan"]] == [None, 128]
+    assert [s.size for s in result.scales] == [(128, 96), (256, 192)]  # a whole coarse scale first, so tiles refine
+    assert [s.tile for s in result.scales] == [None, 128]
     assert [r.scale for r in result.history] == [0] * 4 + [1] * 4 and result.image.shape == content.shape
 
 
@@ -128,7 +129,7 @@ def test_a_memory_limit_below_the_estimate_tiles(squeezenet_weights):
     options = StyleOptions(model="squeezenet1_1", weights=str(squeezenet_weights), size=256, iterations=3, device="cpu")
     whole = memory.estimate(MODELS["squeezenet1_1"], MODELS["squeezenet1_1"].index_of("7"), 192, 256, "lbfgs", torch.float32)
     result = stylize(content, style, options, memory_limit=whole.total() - 1)
-    final = result.extra["memory"]["plan"][-1]
+    final = result.memory_record()["plan"][-1]
     assert final["tile"] is not None and final["size"] == [256, 192]
-    assert result.extra["memory"]["budget_bytes"] == whole.total() - 1
-    assert result.extra["memory"]["fallbacks"] == ["256×192 does not fit whole: started at 128×96, tiled the output"]
+    assert result.memory_budget == whole.total() - 1
+    assert result.fallbacks == ["256×192 does not fit whole: started at 128×96, tiled the output"]

@@ -116,8 +116,9 @@ def test_pairs_of_one_size_share_a_device_batch(workspace, prefect_api):
     pairs = (
         "  - content: photos/tubingen.png\n    style: [styles/starry_night.png, styles/the_scream.png]\n"
         "  - id: blend\n    content: photos/tubingen.png\n    style: {styles/starry_night.png: 0.6, styles/the_scream.png: 0.4}\n"
-        "  - id: tall\n    content: styles/the_scream.png\n    style: styles/starry_night.png\n"
+        "  - id: tall\n    content: photos/tall.png\n    style: styles/starry_night.png\n"
     )
+    Image.open(workspace / "photos" / "tubingen.png").transpose(Image.Transpose.ROTATE_90).save(workspace / "photos" / "tall.png")
     (workspace / "batch.yaml").write_text(manifest_text("batched", pairs, _shared_weights()))
     code, out, err = run_cli("run", str(workspace / "batch.yaml"))
     assert code == 0, err
@@ -127,7 +128,7 @@ def test_pairs_of_one_size_share_a_device_batch(workspace, prefect_api):
         "tubingen-starry_night": 3, "tubingen-the_scream": 3, "blend": 3, "tall": 1,
     }
     assert metas["blend"]["inputs"]["style"]["blend"][1]["weight"] == 0.4
-    assert metas["tall"]["size"] == [38, 48] and metas["blend"]["size"] == [48, 36]
+    assert metas["tall"]["size"] == [36, 48] and metas["blend"]["size"] == [48, 36]
     plan = metas["blend"]["memory"]["plan"]
     assert plan[0]["batch"] == 3 and plan[0]["size"] == [48, 36] and plan[0]["estimate_bytes"] > 0
     (run_dir,) = (workspace / "batched" / "_runs").iterdir()
@@ -176,9 +177,9 @@ def test_a_corrupt_image_fails_only_its_pair_and_retry_failed_completes_it(works
 
 
 def _shared_weights() -> str:
-    from .conftest import SQUEEZENET
+    from stylecore import weights
 
-    return str(SQUEEZENET)
+    return str(weights.packaged_file("squeezenet1_1"))
 
 
 def test_a_transient_storage_failure_is_retried(workspace, prefect_api):
@@ -222,7 +223,12 @@ def test_artifacts_are_on_the_server(workspace, prefect_api):
 
     flow_run, artifacts, task_runs = asyncio.run(read())
     assert flow_run.name == report["run_name"] and flow_run.name.startswith("job-")
-    assert sorted(t.name for t in task_runs) == ["store-report", "tubingen-starry", "tubingen-the_scream"]
+    names = sorted(t.name for t in task_runs)
+    for pair in ("tubingen-starry", "tubingen-the_scream"):  # each pair under its id: its read step and its write step
+        assert pair in names and f"{pair}: write" in names
+    batches = [n for n in names if n.startswith("batch ")]
+    assert len(batches) == 2 and "store-report" in names  # their options differ, so two batches of one
+    assert len(names) == 7
     by_type = {}
     for artifact in artifacts:
         by_type.setdefault(artifact.type, []).append(artifact)

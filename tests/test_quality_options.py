@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from stylecore import StyleOptions, colour, images, stylize
-from stylecore.engine import planned_iterations, scale_sizes
+from stylecore.planning import planned_iterations, scale_sizes
 
 from . import images as fixtures
 
@@ -31,7 +31,7 @@ def test_multi_scale_reaches_a_lower_loss_in_the_same_full_size_iterations(squee
     single = stylize(content, style, options(squeezenet_weights, size=256, iterations=10))
     seen = []
     multi = stylize(content, style, options(squeezenet_weights, size=256, iterations=10, scales=2, coarse_iterations=40), on_iteration=seen.append)
-    assert multi.extra["scales"] == [[128, 96], [256, 192]]
+    assert [s.size for s in multi.scales] == [(128, 96), (256, 192)]
     assert [r.scale for r in multi.history] == [0] * 40 + [1] * 10 and seen == multi.history
     assert [r.iteration for r in multi.history] == list(range(1, 51))
     assert multi.best_iteration > 40 and multi.image.shape == content.shape
@@ -80,11 +80,11 @@ def test_style_scale_sets_the_style_size_relative_to_the_output():
 def test_early_stop_records_where_it_stopped(squeezenet_weights):
     content, style = _load("tubingen.jpg", 96), _load("starry_night.jpg", 96)
     result = stylize(content, style, options(squeezenet_weights, size=96, iterations=500, early_stop=0.02, early_stop_window=5))
-    (stop,) = result.extra["early_stop"]
-    assert stop["scale"] == 0 and 5 < stop["iteration"] < 500
-    assert len(result.history) == stop["iteration"]
+    (stop,) = result.early_stops
+    assert stop.scale == 0 and 5 < stop.iteration < 500
+    assert len(result.history) == stop.iteration
     last = result.history[-6:]  # the window: the best loss improved by under 2% at each of its iterations
     best = [min(r.total for r in result.history[: r.iteration]) for r in last]
     assert all((a - b) / a < 0.02 for a, b in zip(best, best[1:]))
-    full = stylize(content, style, options(squeezenet_weights, size=96, iterations=stop["iteration"] + 20))
-    assert full.extra["early_stop"] == []
+    full = stylize(content, style, options(squeezenet_weights, size=96, iterations=stop.iteration + 20))
+    assert full.early_stops == []

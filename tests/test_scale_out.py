@@ -20,13 +20,14 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def lay_out(folder: Path, weights, names: str, iterations: int, output: str = "out", batch_size: int | str = 1) -> Path:
+def lay_out(folder: Path, weights, names: str, iterations: int, batch_size: int | str = 1, pictures: int = 3) -> Path:
+    """A photo per name (`pictures` different ones, so sizes differ when more than one) and one style."""
     for name in names:
-        (folder / f"{name}.png").write_bytes(small_png(("tubingen.jpg", "the_scream.jpg", "composition_vii.jpg")[ord(name) % 3]))
+        (folder / f"{name}.png").write_bytes(small_png(("tubingen.jpg", "the_scream.jpg", "composition_vii.jpg")[ord(name) % pictures]))
     (folder / "style.png").write_bytes(small_png("starry_night.jpg"))
     manifest = folder / "job.yaml"
     manifest.write_text(
-        f"output: {output}\nbatch_size: {batch_size}\n"
+        f"output: out\nbatch_size: {batch_size}\n"
         f"defaults: {{model: squeezenet1_1, weights: {weights}, size: 64, iterations: {iterations}}}\n"
         f"pairs:\n  - {{content: '[{names}].png', style: style.png}}\n"
     )
@@ -52,14 +53,14 @@ def test_two_runs_at_once_never_share_a_device(tmp_path, prefect_api, squeezenet
     """Each run leases the host's device through the server's global concurrency limit; meta.json's optimisation
     times (microseconds) show no two optimisations overlapped, while the two runs did run at the same time."""
     runs = []
-    for name, pairs in (("first", "abcd"), ("second", "efgh")):
+    for name, pairs in (("first", "abcde"), ("second", "fghij")):  # each run long enough to outlast the other's start
         folder = tmp_path / name
         folder.mkdir()
-        runs.append((folder, stylize("run", str(lay_out(folder, squeezenet_weights, pairs, 40)), log=folder / "log.txt")))
+        runs.append((folder, stylize("run", str(lay_out(folder, squeezenet_weights, pairs, 300)), log=folder / "log.txt")))
     for folder, process in runs:
         assert process.wait(timeout=900) == 0, (folder / "log.txt").read_text()[-3000:]
     first, second = (intervals(folder / "out") for folder, _ in runs)
-    assert len(first) == len(second) == 4
+    assert len(first) == len(second) == 5
     spans = sorted(first + second, key=lambda s: s[1])
     for (device, _, end, pair), (next_device, start, _, next_pair) in zip(spans, spans[1:]):
         assert device == next_device  # one host, one CPU
@@ -80,7 +81,7 @@ def test_a_manifest_fans_out_over_child_flow_runs(tmp_path, prefect_api, squeeze
 
     prefect("work-pool", "create", "stylize-pods", "--type", "process", "--overwrite")
     prefect("--no-prompt", "deploy", "flows/pipeline.py:stylize_manifest", "--name", "pods", "--pool", "stylize-pods")
-    manifest = lay_out(tmp_path, squeezenet_weights, "abcdefgh", 4, batch_size=2)
+    manifest = lay_out(tmp_path, squeezenet_weights, "abcdefgh", 4, batch_size=2, pictures=1)  # one size: 4 batches of 2
     workers = [
         subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "stylize-pods", "--limit", "1"], cwd=ROOT,
