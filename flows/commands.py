@@ -53,13 +53,30 @@ def _print_report(report: dict) -> int:
 
 
 def _run_flow(flow_fn, runner: str, devices_arg: str | None, ray_address: str | None = None, **parameters) -> int:
+    from prefect.exceptions import TerminationSignal
+
+    from . import stopping
+
     devices = [d.strip() for d in devices_arg.split(",") if d.strip()] if devices_arg else None
-    state = flow_fn(**parameters, runner=runner, ray_address=ray_address, devices=devices, return_state=True)
-    try:
-        report = state.result(raise_on_failure=False)
-    except Exception:  # a crashed flow has no report to show, only its message
-        report = None
-    report = report if isinstance(report, dict) and "pairs" in report else None
+    with stopping.handling():  # a signal stops the run; Prefect stops its temporary server when main() returns
+        stopping.start_temporary_server()
+        try:
+            state = flow_fn(**parameters, runner=runner, ray_address=ray_address, devices=devices, return_state=True)
+        except TerminationSignal:  # SIGTERM while Prefect's handler was in place (outside run_pairs): the run crashed
+            if not stopping.requested():
+                raise
+            state = None
+        try:
+            report = state.result(raise_on_failure=False) if state else None
+        except Exception:  # a crashed flow has no report to show, only its message
+            report = None
+        report = report if isinstance(report, dict) and "pairs" in report else None
+        if stopping.requested():
+            where = f"report: {report['report']}" if report else "no report written"
+            finished = sum(p["status"] != "failed" for p in report["pairs"]) if report else 0
+            total = f" of {len(report['pairs'])}" if report else ""
+            print(f"stylize: interrupted by {stopping.signal_name()}; {finished}{total} pairs finished, {where}", file=sys.stderr)
+            return stopping.exit_code()
     if report is None:
         from .tasks import BAD_INPUT
 

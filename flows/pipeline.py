@@ -24,11 +24,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 import stylecore.weights
 
-from . import report as report_mod, storage
+from . import report as report_mod, stopping, storage
 from .batches import BatchPlan, plan_batches
 from .dispatch import Dispatch, dispatch
 from .manifest import BadManifest, LoadedManifest, PairSpec, load as load_manifest, slug
@@ -131,10 +131,14 @@ class Steps:
 
 
 def run_batches(plans: list[BatchPlan], steps: Steps) -> list[PairOutcome]:
-    """Every batch through read → optimise → write, at most `steps.runner.window` batches at a time."""
+    """Every batch through read → optimise → write, at most `steps.runner.window` batches at a time.
+
+    After a stop (see `stopping`) no batch is started; those in flight end quickly (an optimisation within an
+    iteration, a batch not yet optimising at once, writes of one already optimised normally), and every pair
+    not started ends failed "interrupted (SIGTERM)"."""
     queue, in_flight, outcomes = deque(plans), [], {}
-    while queue or in_flight:
-        while queue and len(in_flight) < steps.runner.window:
+    while (queue and not stopping.requested()) or in_flight:
+        while queue and len(in_flight) < steps.runner.window and not stopping.requested():
             in_flight.append(steps.start(queue.popleft()))
         waiting_on = {future: batch for batch in in_flight for future in batch.waiting}
         future = next(as_completed(list(waiting_on)))
@@ -146,6 +150,8 @@ def run_batches(plans: list[BatchPlan], steps: Steps) -> list[PairOutcome]:
         if batch.finished:
             in_flight.remove(batch)
             outcomes.update(batch.outcomes)
+    for plan in queue:  # only after a stop
+        outcomes.update((pair.id, PairOutcome.failed(pair, stopping.reason())) for pair in plan.pairs)
     return list(outcomes.values())
 
 
@@ -171,11 +177,13 @@ def run_pairs(
     logger = get_run_logger()
     began = time.perf_counter()
     logger.info("%d pairs from %s → %s", len(pairs), loaded.uri, loaded.output)
-    with dispatch(runner, ray_address, devices) as target:
+    with stopping.taken_back(), dispatch(runner, ray_address, devices) as target:  # a signal stops, not crashes, the run
         steps = Steps(loaded, target)
         plans = plan_batches(pairs, loaded.manifest.batch_size, target.planning_device, steps.memory_limit)
         _log_plan(plans, target)
         outcomes = run_batches(plans, steps)
+    if stopping.requested():
+        logger.warning("%s: no new batch started; the report holds what finished", stopping.reason())
     order = {pair.id: i for i, pair in enumerate(pairs)}
     outcomes.sort(key=lambda o: order.get(o.id, -1))
     return write_report(loaded, [*earlier, *outcomes], time.perf_counter() - began)
@@ -234,6 +242,9 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
 
 def _finish(report: dict):
     failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
+    if stopping.requested():
+        done = len(report["pairs"]) - len(failed)
+        return Cancelled(message=f"{stopping.reason()}: {done} of {len(report['pairs'])} pairs finished", data=report)
     if failed:
         shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
         return Failed(message=f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}", data=report)

@@ -20,6 +20,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from stylecore.tracking import IterationRecord
 
+from . import stopping
+
 PROGRESS_STEPS = 10  # an update (artifact and log line) every 10% of a pair's iterations
 _log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class ProgressReporter:
         _get_sender().send(self.artifact)
 
     def __call__(self, record: IterationRecord) -> None:
+        stopping.check()  # a run asked to stop ends the optimisation here, within an iteration
         if record.iteration % self.every and record.iteration != self.total:
             return
         self.artifact.latest = 100.0 * record.iteration / self.total

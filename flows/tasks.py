@@ -16,13 +16,13 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from stylecore.engine import stylize_batch
 from stylecore.errors import StyleError
 from stylecore.planning import planned_iterations
 
-from . import devices, outputs, storage
+from . import devices, outputs, stopping, storage
 from .batches import BatchPlan
 from .manifest import PairSpec
 from .pairs import (
@@ -46,22 +46,25 @@ Optimised = OptimisedPair | StyleError | PairOutcome  # a member's result, its o
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
-    return state.name != BAD_INPUT
+    return state.name != BAD_INPUT and not stopping.requested()  # a run asked to stop retries nothing
 
 
 def ended(label: str, retries: int, step: Callable[[], Any]):
-    """`step()`'s value, or the state that ends the task: `Bad input` for a `StyleError`; for anything else, raise
-    while Prefect has retries left and then end `Failed` with one line."""
+    """`step()`'s value, or the state that ends the task: `Bad input` for a `StyleError`, `Cancelled` for a stop; for
+    anything else, raise while Prefect has retries left (and no stop was asked for), then end `Failed` with one line."""
     logger = get_run_logger()
     try:
         return step()
     except StyleError as exc:
         logger.error("%s: %s", label, exc)
         return Failed(name=BAD_INPUT, message=f"{exc}")
+    except stopping.StopRequested as exc:
+        logger.warning("%s: %s", label, exc)
+        return Cancelled(message=f"{exc}")
     except Exception as exc:
         attempt = task_run.run_count or 1
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if attempt > retries:
+        if attempt > retries or stopping.requested():
             logger.error("%s: %s (gave up after %d attempt%s)", label, reason, attempt, "s" * (attempt > 1))
             return Failed(message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
         logger.warning("%s: %s (attempt %d of %d, will retry)", label, reason, attempt, retries + 1)
@@ -96,6 +99,7 @@ def optimise_batch(
     """One batch on one device: each member's result, or its own deterministic error."""
 
     def step():
+        stopping.check()  # a batch that reaches here after a stop ends at once
         with devices.lease(device) if runner == "local" else nullcontext(device):
             return optimise_members(batch, members, device, runner, memory_limit, retrying=(task_run.run_count or 1) > 1)
 
@@ -134,6 +138,9 @@ def _optimise_group(batch, group: list[PreparedPair], options, device, runner, m
         [m.job() for m in group], run_options, lambda i, record: reporters[i](record),
         weights=outputs.weights_for(options), memory_limit=memory_limit, max_batch=batch.limit,
     )
+    for result in results:  # a stop ends the whole batch (each image recorded it as its own error)
+        if isinstance(result, stopping.StopRequested):
+            raise result
     finished = utc_now()
     finish_all([r for r, result in zip(reporters, results) if not isinstance(result, Exception)])
     optimised = []
