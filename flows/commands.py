@@ -70,6 +70,7 @@ def _run_flow(flow_fn, runner: str, devices_arg: str | None, ray_address: str | 
             report = state.result(raise_on_failure=False) if state else None
         except Exception:  # a crashed flow has no report to show, only its message
             report = None
+        report = getattr(report, "report", report)  # a failed or cancelled run carries its report in its exception
         report = report if isinstance(report, dict) and "pairs" in report else None
         if stopping.requested():
             where = f"report: {report['report']}" if report else "no report written"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -51,8 +52,20 @@ def ensure_limits(devices: list[str]) -> None:
                     pass
 
 
+_queues: dict[str, threading.Lock] = {}
+_queues_guard = threading.Lock()
+
+
+def _queue(device: str) -> threading.Lock:
+    with _queues_guard:
+        return _queues.setdefault(device, threading.Lock())
+
+
 @contextmanager
 def lease(device: str) -> Iterator[str]:
-    """Hold `device` of this host for as long as the block runs (its limit exists: see `ensure_limits`)."""
-    with concurrency(limit_name(device), occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+    """Hold `device` of this host for as long as the block runs (its limit exists: see `ensure_limits`).
+
+    This process's batches first queue for the device among themselves, so only the one at the front asks the
+    server: a request the server turns down is told to poll again seconds later, and the device would idle."""
+    with _queue(device), concurrency(limit_name(device), occupy=1, strict=True, lease_duration=LEASE_SECONDS):
         yield device

@@ -47,9 +47,9 @@ class Dispatch:
         with placement:
             return self.task_runner.submit(task, parameters)
 
-    def free_device(self, busy: list[str]) -> str | None:
-        """A device with no batch of this run on it (on Ray, one of the cluster's GPUs), or None."""
-        return next((d for d in dict.fromkeys(self.devices) if busy.count(d) < self.devices.count(d)), None)
+    def least_busy(self, busy: list[str]) -> str:
+        """The device with the fewest of this run's batches optimising on it or queued for it."""
+        return min(dict.fromkeys(self.devices), key=lambda device: busy.count(device) / self.devices.count(device))
 
 
 @contextmanager

@@ -64,8 +64,7 @@ class Steps:
         settings = loaded.manifest
         self.retries = settings.retries
         self.runner = runner
-        self.ready: deque[BatchInFlight] = deque()  # read, waiting for a device of this run to be free
-        self.busy: list[str] = []  # the devices batches optimise on now, one entry per batch
+        self.busy: list[str] = []  # the device of every batch optimising or queued for its device, one entry each
         self.memory_limit = int(settings.memory_limit_gb * 2**30) if settings.memory_limit_gb else None
         retry = dict(retries=settings.retries, retry_delay_seconds=settings.retry_delay_seconds)
         self.read, self.optimise, self.write = (t.with_options(**retry) for t in (read_pair, optimise_batch, write_pair))
@@ -80,7 +79,6 @@ class Steps:
         elif not batch.writes:
             self.busy.remove(batch.device)
             self._after_optimise(batch)
-            self._start_ready()
         else:
             for pair, future in zip(batch.members, batch.writes):
                 batch.outcomes[pair.id] = outcome_of(pair, future.state, future.result)
@@ -98,23 +96,14 @@ class Steps:
             batch.finished = True
             return
         batch.members = [pair for pair, _ in members]
-        batch.reads = [future for _, future in members]
-        self.ready.append(batch)
-        self._start_ready()
-
-    def _start_ready(self) -> None:
-        """Read batches go to free devices, one batch per device of this run at a time, so each asks for its
-        device's lease only once the batch before it has let go (a waiting lease polls, and would idle the device)."""
-        while self.ready and (device := self.runner.free_device(self.busy)) is not None:
-            batch = self.ready.popleft()
-            batch.device = device
-            self.busy.append(device)
-            batch.optimise = self.runner.submit(
-                self.optimise, on_device=True, batch=batch.plan, members=batch.reads,
-                device=batch.device, runner=self.runner.name, memory_limit=self.memory_limit, retries=self.retries,
-            )
-            batch.reads = []
-            batch.waiting = {batch.optimise}
+        batch.device = self.runner.least_busy(self.busy)  # it queues there behind the batch optimising now
+        self.busy.append(batch.device)
+        batch.optimise = self.runner.submit(
+            self.optimise, on_device=True, batch=batch.plan, members=[future for _, future in members],
+            device=batch.device, runner=self.runner.name, memory_limit=self.memory_limit, retries=self.retries,
+        )
+        batch.reads = []
+        batch.waiting = {batch.optimise}
 
     def _after_optimise(self, batch: BatchInFlight) -> None:
         state = batch.optimise.state
@@ -131,15 +120,15 @@ class Steps:
 
 
 def run_batches(plans: list[BatchPlan], steps: Steps) -> list[PairOutcome]:
-    """Every batch through read → optimise → write, at most `steps.runner.window` batches at a time.
+    """Every batch through read → optimise → write, at most `steps.runner.window` batches read or optimising at a time.
 
     After a stop (see `stopping`) no batch is started; those in flight end quickly (an optimisation within an
     iteration, a batch not yet optimising at once, writes of one already optimised normally), and every pair
     not started ends failed "interrupted (SIGTERM)"."""
     queue, in_flight, outcomes = deque(plans), [], {}
     while (queue and not stopping.requested()) or in_flight:
-        while queue and len(in_flight) < steps.runner.window and not stopping.requested():
-            in_flight.append(steps.start(queue.popleft()))
+        while queue and sum(not b.writes for b in in_flight) < steps.runner.window and not stopping.requested():
+            in_flight.append(steps.start(queue.popleft()))  # a batch writing its outputs holds no device: read the next
         waiting_on = {future: batch for batch in in_flight for future in batch.waiting}
         future = next(as_completed(list(waiting_on)))
         future.wait()  # already done: this keeps its final state on the future
@@ -240,14 +229,25 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
     return report
 
 
+class RunEndedShort(Exception):
+    """What a Failed or Cancelled run holds: the reason in one line, and the report for the command line to show.
+    (Such a state's data must be an exception: a worker running the deployment raises it.)"""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
 def _finish(report: dict):
     failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
     if stopping.requested():
         done = len(report["pairs"]) - len(failed)
-        return Cancelled(message=f"{stopping.reason()}: {done} of {len(report['pairs'])} pairs finished", data=report)
+        message = f"{stopping.reason()}: {done} of {len(report['pairs'])} pairs finished"
+        return Cancelled(message=message, data=RunEndedShort(message, report))
     if failed:
         shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        return Failed(message=f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}", data=report)
+        message = f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}"
+        return Failed(message=message, data=RunEndedShort(message, report))
     return Completed(message=f"{len(report['pairs'])} pairs done", data=report)
 
 

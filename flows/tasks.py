@@ -100,23 +100,27 @@ def optimise_batch(
 
     def step():
         stopping.check()  # a batch that reaches here after a stop ends at once
+        reporters: list[ProgressReporter] = []
         with devices.lease(device) if runner == "local" else nullcontext(device):
-            return optimise_members(batch, members, device, runner, memory_limit, retrying=(task_run.run_count or 1) > 1)
+            optimised = optimise_members(batch, members, device, runner, memory_limit, reporters)
+        finish_all(reporters)  # after the lease: the next batch need not wait for the dashboard
+        return optimised
 
     return ended(batch.label, retries, step)
 
 
 def optimise_members(
-    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None, retrying: bool = False
+    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None,
+    reporters: list[ProgressReporter],
 ) -> list[Optimised]:
     """Members of one decoded size and options optimise together; a member whose header misled the plan
-    optimises in a group of its own, on the same lease. On a retry, members that another run finished
-    meanwhile are not optimised again."""
+    optimises in a group of its own, on the same lease. Members another run finished while this batch waited
+    for its device (or an earlier attempt of this one wrote) are not optimised again."""
     logger = get_run_logger()
     done: dict[int, Optimised] = {}
     groups: dict[tuple, list[int]] = {}
     for index, member in enumerate(members):
-        finished = finished_before(member.pair, member.fingerprint) if retrying else None
+        finished = finished_before(member.pair, member.fingerprint)
         if finished is not None:
             done[index] = finished
         else:
@@ -125,11 +129,11 @@ def optimise_members(
         logger.info("%s: decoded sizes differ from the headers: %d groups", batch.label, len(groups))
     for (size, options), indices in groups.items():
         group = [members[i] for i in indices]
-        done.update(zip(indices, _optimise_group(batch, group, options, device, runner, memory_limit)))
+        done.update(zip(indices, _optimise_group(batch, group, options, device, runner, memory_limit, reporters)))
     return [done[i] for i in range(len(members))]
 
 
-def _optimise_group(batch, group: list[PreparedPair], options, device, runner, memory_limit):
+def _optimise_group(batch, group: list[PreparedPair], options, device, runner, memory_limit, finished_reporters):
     logger = get_run_logger()
     reporters = [ProgressReporter(m.pair.id, planned_iterations(options, *m.size), logger) for m in group]
     run_options = options if runner != "local" or options.device != "auto" else options.merged({"device": device})
@@ -142,7 +146,7 @@ def _optimise_group(batch, group: list[PreparedPair], options, device, runner, m
         if isinstance(result, stopping.StopRequested):
             raise result
     finished = utc_now()
-    finish_all([r for r, result in zip(reporters, results) if not isinstance(result, Exception)])
+    finished_reporters += [r for r, result in zip(reporters, results) if not isinstance(result, Exception)]
     optimised = []
     for member, result in zip(group, results):
         if isinstance(result, Exception):

@@ -32,14 +32,42 @@ def test_a_lease_is_named_after_the_host_and_the_device():
     assert devices.limit_name("cuda:1", host="a") != devices.limit_name("cuda:0", host="a")
 
 
-def test_a_batch_goes_to_a_free_device_one_batch_per_device():
+def test_the_next_batch_goes_to_the_least_busy_device():
     target = Dispatch("local", None, ["cuda:0", "cuda:1"], "cuda:0")
     assert target.window == 4
-    assert target.free_device([]) == "cuda:0"
-    assert target.free_device(["cuda:0"]) == "cuda:1"
-    assert target.free_device(["cuda:1", "cuda:0"]) is None
-    on_ray = Dispatch("ray", None, ["auto", "auto"], None)  # two GPUs somewhere in the cluster
-    assert on_ray.free_device(["auto"]) == "auto" and on_ray.free_device(["auto", "auto"]) is None
+    assert target.least_busy([]) == "cuda:0"
+    assert target.least_busy(["cuda:0"]) == "cuda:1"
+    assert target.least_busy(["cuda:0", "cuda:1", "cuda:1"]) == "cuda:0"
+
+
+def test_a_process_queues_its_batches_for_a_device_in_front_of_the_server(monkeypatch):
+    """Only the batch at the front of this process's queue asks the server for the lease."""
+    import contextlib
+    import threading
+
+    asking, most = [], [0]
+
+    @contextlib.contextmanager
+    def server_lease(name, **kwargs):
+        asking.append(name)
+        most[0] = max(most[0], len(asking))
+        time.sleep(0.05)
+        yield
+        asking.remove(name)
+
+    monkeypatch.setattr(devices, "concurrency", server_lease)
+    order = []
+
+    def batch(i):
+        with devices.lease("cuda:7"):
+            order.append(i)
+
+    threads = [threading.Thread(target=batch, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(order) == list(range(6)) and most[0] == 1
 
 
 @pytest.mark.slow
