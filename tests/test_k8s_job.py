@@ -25,11 +25,8 @@ from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-DOCKERFILE = DEPLOY / "Dockerfile"
-TEMPLATE = DEPLOY / "k8s-job-template.json"
-PREFECT_YAML = DEPLOY / "prefect.yaml"
+from .test_deploy_files import DEPLOY, DOCKERFILE, PREFECT_YAML, ROOT, TEMPLATE  # noqa: E402
+
 RUN_BOOK = DEPLOY / "README.md"
 
 worker = pytest.importorskip(
