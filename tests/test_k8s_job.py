@@ -20,7 +20,6 @@ import json
 import os
 import re
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
