@@ -12,10 +12,12 @@ from .options import StyleOptions
 __all__ = [
     "BadImage",
     "BadOptions",
+    "EarlyStop",
     "IterationRecord",
     "NonFiniteLoss",
     "Plan",
     "Result",
+    "ScaleRun",
     "StyleError",
     "Job",
     "StyleOptions",
