@@ -94,7 +94,7 @@ def cmd_one(args: argparse.Namespace) -> int:
     device = resolve_device(options.device)
     make_plan(options, loaded.preprocessing, content.shape[-2] * content.shape[-1], device)  # bad layers: one line, now
     precision, why = precision_choice(options.precision, device, options.model)
-    print(f"{options.model} on {device}, {precision}: {why}", file=sys.stderr)
+    print(f"{options.model} on {device}, {precision}: {why}")  # stdout: stderr is for the one error line
     with tqdm(total=total, unit="it", dynamic_ncols=True, disable=args.quiet) as bar:
 
         def show(record):
