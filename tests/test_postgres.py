@@ -90,5 +90,6 @@ def test_a_manifest_runs_through_a_prefect_server_on_postgres(postgres, tmp_path
         [str(postgres["bin"] / "psql"), "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U", "prefect", "-At", "-c", query, "prefect"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.split()
-    assert f"{report['run_name']}|COMPLETED|2" in rows
+    # each of the 2 pairs has a read and a write task run, and its own batch (their options differ)
+    assert f"{report['run_name']}|COMPLETED|6" in rows
     assert not list(home.glob("*.db")), "the server fell back to SQLite"
