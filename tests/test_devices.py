@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -43,7 +44,6 @@ def test_the_next_batch_goes_to_the_least_busy_device():
 def test_a_process_queues_its_batches_for_a_device_in_front_of_the_server(monkeypatch):
     """Only the batch at the front of this process's queue asks the server for the lease."""
     import contextlib
-    import threading
 
     asking, most = [], [0]
 
@@ -87,12 +87,15 @@ def test_the_flow_runs_one_batch_per_fake_gpu(tmp_path, prefect_api, squeezenet_
         "pairs:\n  - {content: '?.png', style: style.png}\n"
     )
     spans: list[tuple[str, int, float, float]] = []
+    working = {"cuda:0": threading.Event(), "cuda:1": threading.Event()}
     real_stylize_batch = tasks.stylize_batch
 
     def on_fake_gpu(jobs, options, on_iteration=None, **kwargs):
         began = time.monotonic()
+        working[options.device].set()
+        (other,) = (event for device, event in working.items() if device != options.device)
+        other.wait(timeout=60)  # a flow that ran one device at a time would keep the other waiting here
         results = real_stylize_batch(jobs, options.merged({"device": "cpu"}), on_iteration, **kwargs)
-        time.sleep(0.5)  # long enough for overlaps to show
         spans.append((options.device, len(jobs), began, time.monotonic()))
         for result in results:
             result.plan = type(result.plan)(**{**result.plan.__dict__, "device": options.device})
