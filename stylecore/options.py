@@ -59,6 +59,9 @@ class StyleOptions(BaseModel):
     )
     content_weight: Weight | None = Field(None, description="w in content_loss; default: the model's.")
     style_weights: list[Weight] | None = Field(None, description="One weight per style layer; default: the model's.")
+    style_strength: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = Field(
+        1.0, description="A factor on every style weight: 2 gives the style twice the say, 0.5 half."
+    )
     tv_weight: Weight | None = Field(None, description="w in tv_loss; default: the model's.")
     content_layer: str | None = Field(None, description="Layer name (relu4_2 for VGG, 3 for SqueezeNet).")
     style_layers: list[str] | None = Field(None, description="Layer names; default: the model's.")
@@ -130,8 +133,10 @@ class StyleOptions(BaseModel):
         return StyleOptions.model_validate({**self.model_dump(exclude_unset=True), **overrides})
 
     def fingerprint_fields(self) -> dict:
-        """What decides the output bytes; `device` is where, not what, so it is left out."""
-        return self.model_dump(mode="json", exclude={"device"})
+        """What decides the output bytes; `device` is where, not what, so it is left out, and a default
+        `style_strength` is left out so outputs made before it existed still match."""
+        exclude = {"device"} | ({"style_strength"} if self.style_strength == 1.0 else set())
+        return self.model_dump(mode="json", exclude=exclude)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.fingerprint_fields(), sort_keys=True).encode()).hexdigest()

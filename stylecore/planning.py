@@ -119,6 +119,7 @@ def make_plan(options: StyleOptions, preprocessing: str, pixels: int, device: to
         style_weights = (sum(defaults.style_weights) / len(defaults.style_weights),) * len(style_layers)
     if len(style_weights) != len(style_layers):
         raise BadOptions(f"style_weights has {len(style_weights)} values but there are {len(style_layers)} style layers")
+    style_weights = tuple(w * options.style_strength for w in style_weights)
     content_weight = (
         options.content_weight
         if options.content_weight is not None

@@ -61,6 +61,18 @@ def test_explicit_weights_override_the_defaults(pair, squeezenet_weights):
     assert result.plan.style_weights == (1.0, 0.0, 0.0, 0.0)
 
 
+def test_style_strength_doubles_the_style_term_exactly(pair, squeezenet_weights):
+    content, style = pair
+    once = stylize(content, style, squeezenet(squeezenet_weights, iterations=1, precision="fp32"))
+    twice = stylize(content, style, squeezenet(squeezenet_weights, iterations=1, precision="fp32", style_strength=2))
+    assert twice.plan.style_weights == tuple(2 * w for w in once.plan.style_weights)
+    first, doubled = once.history[0], twice.history[0]  # both evaluated at the content image
+    assert doubled.style == 2 * first.style and doubled.content == first.content and doubled.tv == first.tv
+    assert StyleOptions().fingerprint_fields() == StyleOptions(style_strength=1).fingerprint_fields()
+    assert "style_strength" not in StyleOptions().fingerprint_fields()  # digests from before it existed still match
+    assert StyleOptions(style_strength=2).digest() != StyleOptions().digest()
+
+
 def test_content_weight_default_scales_with_area():
     spec_pixels = MODELS["vgg16"].reference_pixels
     small = make_plan(StyleOptions(), "caffe", spec_pixels // 4, torch.device("cpu"))

@@ -72,6 +72,7 @@ NUMERIC = {
     "content_weight": {-1: False, 0: True, math.nan: False, math.inf: False, 1e300: True},
     "tv_weight": {-1: False, 0: True, math.nan: False, -math.inf: False},
     "style_weights": {-1: False, 0: True, math.nan: False, math.inf: False},
+    "style_strength": {-1: False, 0: False, math.nan: False, math.inf: False, 101: False, 0.5: True, 100: True},
     "lr": {-1: False, 0: False, math.nan: False, 1e9: False, 0.5: True},
     "seed": {-1: False, 0: True, 2**80: False},
 }
