@@ -33,7 +33,7 @@ MAX_GLOB_MATCHES = 10_000  # files one glob may match (`/**/*` would otherwise n
 MAX_PAIRS = 50_000  # pairs one manifest may expand to; more is one manifest too many
 MAX_BATCH_SIZE = 16  # the flow keeps two batches' worth of pair tasks in flight per device
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-PAIR_KEYS = ("id", "content", "style")
+PAIR_KEYS = ("id", "content", "style", "sweep")
 
 
 class BadManifest(StyleError):
@@ -53,6 +53,9 @@ class PairEntry(BaseModel):
     content: str | list[str]
     style: str | list[str] | dict[str, float] = Field(
         description="An image, a glob, a list of them (one pair per style), or a blend {image: weight, ...}."
+    )
+    sweep: dict[str, Any] | None = Field(
+        None, description="Options to sweep, {option: [values]}: one pair per combination, ids naming the values."
     )
 
     @field_validator("id")
@@ -128,6 +131,8 @@ class PairSpec:
     options: StyleOptions
     output: str  # <manifest output>/<id>
     blend: tuple[tuple[str, float], ...] = ()  # (style, weight) for every style of a blend
+    sweep: tuple[tuple[str, str], ...] = ()  # a sweep member's (option, value as its id names it)
+    sweep_of: str | None = None  # the id the pair has without its sweep: one grid on the contact sheet
 
     @property
     def styles(self) -> tuple[tuple[str, float], ...]:
@@ -275,16 +280,23 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
 
     base = storage.parent(uri)
     defaults = StyleOptions()
+    default_sweep: dict[str, list] = {}
     if isinstance(data.get("defaults"), dict):  # a non-mapping was reported with the settings
+        raw_defaults = dict(data["defaults"])
+        default_sweep = _sweep(raw_defaults.pop("sweep", None), raw_defaults, uri, lines, ("defaults", "sweep"), problems)
         try:
-            defaults = StyleOptions.model_validate(data["defaults"])
+            defaults = StyleOptions.model_validate(raw_defaults)
         except ValidationError as exc:
             problems += _problems_from(exc, uri, lines, ("defaults",))
+        if _sweep_values_refused(defaults, default_sweep, default_sweep, uri, lines, ("defaults",), problems):
+            default_sweep = {}  # said once here, not again for every pair
 
     if isinstance(data.get("defaults"), dict) and defaults.weights:
         _check_weights(defaults.weights, uri, lines, ("defaults", "weights"), problems, check_inputs)
 
     pairs: list[PairSpec] = []
+    variants: list[list[tuple[tuple, StyleOptions]]] = []  # per pair in `pairs`: each sweep combination's options
+    expanded = 0  # pairs once sweeps are expanded
     too_many = False
     for index, entry in enumerate(entries):
         if entry is None:
@@ -303,6 +315,12 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
             continue
         if "weights" in entry.overrides() and options.weights:
             _check_weights(options.weights, uri, lines, at + ("weights",), problems, check_inputs)
+        own_sweep = _sweep(entry.sweep, entry.overrides(), uri, lines, at + ("sweep",), problems)
+        sweep = {k: v for k, v in default_sweep.items() if k not in entry.overrides()} | own_sweep
+        if "weights" in own_sweep:
+            for offset, weights in enumerate(own_sweep["weights"]):
+                _check_weights(str(weights), uri, lines, at + ("sweep", "weights", offset), problems, check_inputs)
+        combinations = math.prod(len(values) for values in sweep.values())
         contents = _expand(entry.content, base, uri, lines, at + ("content",), problems, check_inputs)
         if isinstance(entry.style, dict):
             blend = []
@@ -314,13 +332,17 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
             styles = [((style, 1.0),) for style in _expand(entry.style, base, uri, lines, at + ("style",), problems, check_inputs)]
         if too_many:
             continue
-        if len(pairs) + len(contents) * len(styles) > MAX_PAIRS:
+        expanded += len(contents) * len(styles) * combinations
+        if expanded > MAX_PAIRS:
             too_many = True  # said once: every later entry would only repeat it
             problems.append(
-                f"{_where(uri, lines, at)}: {_field(at)}: {len(pairs) + len(contents) * len(styles):,} pairs so far "
+                f"{_where(uri, lines, at)}: {_field(at)}: {expanded:,} pairs so far "
                 f"is over the limit of {MAX_PAIRS:,} pairs per manifest; split the manifest"
             )
             continue
+        if _sweep_values_refused(options, sweep, own_sweep, uri, lines, at, problems):
+            continue
+        swept = _sweep_options(options, sweep, uri, lines, at, problems)
         combos = list(itertools.product(contents, styles))
         for content, style in combos:
             style_name = "-".join(slug(_name(s)) for s, _ in style)
@@ -331,8 +353,10 @@ def load(uri: str, output: str | None = None, check_inputs: bool = True) -> Load
             else:
                 pair_id = f"{slug(_name(content))}-{style_name}"[:128]
             pairs.append(PairSpec(pair_id, content, style[0][0], options, "", style if len(style) > 1 else ()))
+            variants.append(swept)
 
     pairs = _unique_ids(pairs, [e for e in entries if e is not None], uri, lines, problems)
+    pairs = [member for pair, swept in zip(pairs, variants) for member in _sweep_members(pair, swept)]
     out = None
     if settings is not None:
         # An --output override is relative to where the user stands; the manifest's own, to the manifest.
@@ -427,6 +451,89 @@ def _expand(value, base, file, lines, loc, problems, check_inputs) -> list[str]:
     return found
 
 
+def _sweep(raw, options: dict, file, lines, loc, problems) -> dict[str, list]:
+    """A `sweep:` mapping checked for shape: options not also set beside it, each with a list of distinct values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"{_where(file, lines, loc)}: {_field(loc)}: must map options to lists of values, e.g. {{style_strength: [0.5, 1, 2]}}")
+        return {}
+    sweep = {}
+    for key, values in raw.items():
+        here = loc + (str(key),)
+        if key not in StyleOptions.model_fields:
+            problems.append(f"{_where(file, lines, here)}: {_field(here)}: unknown option; options: {', '.join(StyleOptions.model_fields)}")
+        elif key in options:
+            problems.append(f"{_where(file, lines, here)}: {_field(here)}: {key} is also set beside the sweep; give one")
+        elif not isinstance(values, list) or not values:
+            problems.append(f"{_where(file, lines, here)}: {_field(here)}: must be a non-empty list of values (got {_describe(values)})")
+        else:
+            labels = [_label(value) for value in values]
+            repeat = next((i for i, label in enumerate(labels) if label in labels[:i] or values[i] in values[:i]), None)
+            if repeat is None:
+                sweep[key] = values
+            else:
+                problems.append(f"{_where(file, lines, here + (repeat,))}: {_field(here + (repeat,))}: repeats {_describe(values[repeat])}")
+    return sweep
+
+
+def _label(value) -> str:
+    """A swept value as a pair id names it: as written where it can be, else slugged (ids name folders)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "_".join(_label(v) for v in value)
+    return slug(str(value)) or "x"
+
+
+def _sweep_values_refused(options: StyleOptions, sweep: dict[str, list], own: dict, file, lines, at, problems) -> bool:
+    """Each swept value on top of `options`, alone: one line per value StyleOptions refuses, naming the pair (or
+    defaults), the option and the value. `own`: the keys swept at `at`; the others come from the defaults' sweep."""
+    refused = False
+    for key, values in sweep.items():
+        for offset, value in enumerate(values):
+            try:
+                options.merged({key: value})
+            except ValidationError as exc:
+                refused = True
+                message = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+                loc = at + ("sweep", key, offset)
+                named = _field(loc) if key in own else f"{_field(at)}: defaults.sweep.{key}[{offset}]"
+                problems.append(f"{_where(file, lines, loc)}: {named}: {message} (got {_describe(value)})")
+    return refused
+
+
+def _sweep_options(options: StyleOptions, sweep: dict[str, list], file, lines, at, problems) -> list[tuple[tuple, StyleOptions]]:
+    """(labels, options) for each combination of the sweep's values, the last option varying fastest; a combination
+    whose values are fine alone but not together is one line naming them."""
+    variants = []
+    for values in itertools.product(*sweep.values()):
+        chosen = dict(zip(sweep, values))
+        try:
+            variants.append((tuple((key, _label(value)) for key, value in chosen.items()), options.merged(chosen)))
+        except ValidationError as exc:
+            named = ", ".join(f"{key}={_label(value)}" for key, value in chosen.items())
+            message = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+            problems.append(f"{_where(file, lines, at + ('sweep',))}: {_field(at)}.sweep: {named}: {message}")
+    return variants
+
+
+def _sweep_members(pair: PairSpec, variants: list[tuple[tuple, StyleOptions]]) -> list[PairSpec]:
+    """The pair itself without a sweep; else one pair per combination, `<id>-<option>=<value>-…` (an id longer than
+    128 characters is cut and given a hash of the whole, so it stays unique)."""
+    if len(variants) == 1 and not variants[0][0]:
+        return [pair]
+    members = []
+    for labels, options in variants:
+        pair_id = "-".join((pair.id, *(f"{key}={value}" for key, value in labels)))
+        if len(pair_id) > 128:
+            pair_id = f"{pair_id[:119]}-{hashlib.sha256(pair_id.encode()).hexdigest()[:8]}"
+        members.append(replace(pair, id=pair_id, options=options, sweep=labels, sweep_of=pair.id))
+    return members
+
+
 def _unique_ids(pairs: list[PairSpec], entries: list[PairEntry], file, lines, problems) -> list[PairSpec]:
     """Explicit ids must be unique; derived ones that collide get a short hash of their inputs."""
     explicit = {e.id for e in entries if e.id}
@@ -456,11 +563,25 @@ def json_schema() -> dict:
     schema = Manifest.model_json_schema()
     options = StyleOptions.model_json_schema()
     schema.setdefault("$defs", {}).update(options.pop("$defs", {}))
-    schema["$defs"]["StyleOptions"] = options
-    schema["properties"]["defaults"] = {"$ref": "#/$defs/StyleOptions", "description": "Engine options for every pair."}
+    schema["$defs"]["Sweep"] = {
+        "type": "object",
+        "description": "Options to sweep, {option: [values]}: one pair per combination, ids naming the values.",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": "array", "minItems": 1, "items": {k: v for k, v in field.items() if k not in ("default", "title")}}
+            for name, field in options["properties"].items()
+        },
+    }
+    sweep = {"$ref": "#/$defs/Sweep"}
     entry = schema["$defs"]["PairEntry"]
     entry["properties"].update(options["properties"])
+    entry["properties"]["sweep"] = sweep
     entry["additionalProperties"] = False
+    schema["$defs"]["StyleOptions"] = {**options, "properties": {**options["properties"], "sweep": sweep}}
+    schema["properties"]["defaults"] = {
+        "$ref": "#/$defs/StyleOptions", "description": "Engine options for every pair, and a sweep for every pair."
+    }
     schema["title"] = "stylize manifest"
     return schema
 

@@ -64,12 +64,65 @@ def test_a_pair_may_blend_styles_with_weights(folder):
     assert loaded.manifest.batch_size == 4 and loaded.manifest.memory_limit_gb == 8
 
 
+def test_a_sweep_expands_to_the_cross_product_with_ids_naming_the_values(folder):
+    path = write(
+        folder,
+        "output: out\ndefaults: {size: 64}\npairs:\n"
+        "  - content: photos/a.png\n    style: styles/s1.jpg\n    sweep: {style_strength: [0.5, 1, 2], tv_weight: [0.01, 0.1]}\n"
+        "  - {id: plain, content: photos/a.png, style: styles/s1.jpg}\n"
+        "  - {content: 'photos/*.png', style: styles/s2.jpg, sweep: {model: [vgg19, squeezenet1_1]}}\n",
+    )
+    loaded = load(path)
+    swept = loaded.pairs[:6]
+    assert [p.id for p in swept] == [
+        f"a-s1-style_strength={s}-tv_weight={t}" for s in ("0.5", "1", "2") for t in ("0.01", "0.1")
+    ]
+    assert [(p.options.style_strength, p.options.tv_weight) for p in swept] == [(s, t) for s in (0.5, 1, 2) for t in (0.01, 0.1)]
+    assert swept[0].sweep == (("style_strength", "0.5"), ("tv_weight", "0.01")) and {p.sweep_of for p in swept} == {"a-s1"}
+    assert all(p.options.size == 64 for p in swept) and swept[5].output == str(folder / "out" / "a-s1-style_strength=2-tv_weight=0.1")
+    plain = loaded.pairs[6]
+    assert plain.id == "plain" and plain.sweep == () and plain.sweep_of is None and plain.options.style_strength == 1
+    assert [(p.id, p.sweep_of) for p in loaded.pairs[7:]] == [
+        ("a-s2-model=vgg19", "a-s2"), ("a-s2-model=squeezenet1_1", "a-s2"), ("b-s2-model=vgg19", "b-s2"), ("b-s2-model=squeezenet1_1", "b-s2")
+    ]
+    assert load(path).pairs == loaded.pairs  # deterministic, so pair_ids and retry-failed find the same pairs
+
+
+def test_a_sweep_in_defaults_sweeps_every_pair_that_does_not_set_the_option(folder):
+    path = write(
+        folder,
+        "output: out\ndefaults:\n  sweep: {style_strength: [0.5, 2]}\npairs:\n"
+        "  - {id: swept, content: photos/a.png, style: styles/s1.jpg, sweep: {seed: [1, 2]}}\n"
+        "  - {id: fixed, content: photos/a.png, style: styles/s1.jpg, style_strength: 3}\n",
+    )
+    assert [(p.id, p.options.style_strength) for p in load(path).pairs] == [
+        ("swept-style_strength=0.5-seed=1", 0.5), ("swept-style_strength=0.5-seed=2", 0.5),
+        ("swept-style_strength=2-seed=1", 2), ("swept-style_strength=2-seed=2", 2), ("fixed", 3),
+    ]
+
+
+def test_a_long_swept_id_is_cut_and_stays_unique(folder):
+    base = "x" * 125
+    path = write(folder, f"output: out\npairs:\n  - {{id: {base}, content: photos/a.png, style: styles/s1.jpg, sweep: {{seed: [1, 2]}}}}\n")
+    ids = [p.id for p in load(path).pairs]
+    assert len(set(ids)) == 2 and all(len(i) == 128 and i.startswith("x" * 119) for i in ids)
+
+
+def test_the_pair_limit_counts_a_sweep_before_expanding_it(folder):
+    sweep = f"{{seed: {list(range(300))}, iterations: {list(range(1, 201))}}}"
+    (problem,) = problems(write(folder, f"output: out\npairs:\n  - {{content: photos/a.png, style: styles/s1.jpg, sweep: {sweep}}}\n"))
+    assert "job.yaml:3: pairs[0]: 60,000 pairs so far is over the limit of 50,000 pairs per manifest" in problem
+
+
 def test_colliding_derived_ids_get_a_hash(folder):
     (folder / "other").mkdir()
     (folder / "other" / "a.png").write_bytes(fixtures.rgb_png())
     path = write(folder, "output: out\npairs:\n  - {content: [photos/a.png, other/a.png], style: styles/s1.jpg}\n")
     ids = [p.id for p in load(path).pairs]
     assert len(set(ids)) == 2 and all(i.startswith("a-s1-") for i in ids)
+
+
+SWEEP = "output: out\npairs:\n  - content: photos/a.png\n    style: styles/s1.jpg\n"
 
 
 @pytest.mark.parametrize(
@@ -81,7 +134,7 @@ def test_colliding_derived_ids_get_a_hash(folder):
         ("output: out\ncolour: blue\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: colour: unknown key; allowed: output, name, defaults"]),
         ("output: out\ndefaults: {size: big}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults.size: Input should be a valid integer", "(got 'big')"]),
         ("output: out\ndefaults: {tv_weight: .nan}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["defaults.tv_weight", "finite"]),
-        ("output: out\npairs:\n  - {content: photos/a.png, style: styles/s1.jpg, stlye: x}\n", ["job.yaml:3: pairs[0].stlye: unknown key; allowed: id, content, style, model"]),
+        ("output: out\npairs:\n  - {content: photos/a.png, style: styles/s1.jpg, stlye: x}\n", ["job.yaml:3: pairs[0].stlye: unknown key; allowed: id, content, style, sweep, model"]),
         ("output: out\npairs:\n  - {content: photos/nope.png, style: styles/s1.jpg}\n", ["job.yaml:3: pairs[0].content: missing input 'photos/nope.png'"]),
         ("output: out\npairs:\n  - {content: 'photos/*.gif', style: styles/s1.jpg}\n", ["pairs[0].content: glob 'photos/*.gif' matches nothing"]),
         ("output: out\npairs:\n  - {content: photos/a.png, style: [styles/s1.jpg, styles/gone.jpg]}\n", ["pairs[0].style[1]: missing input 'styles/gone.jpg'"]),
@@ -98,6 +151,19 @@ def test_colliding_derived_ids_get_a_hash(folder):
         ("output: out\nmemory_limit_gb: -2\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: memory_limit_gb: Input should be greater than 0"]),
         ("output: out\ndefaults: {style_size: 300, style_scale: 0.5}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults: style_size and style_scale both set"]),
         ("output: out\ndefaults: {colour: sepia}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults.colour: Input should be 'style', 'luminance' or 'histogram'"]),
+        (SWEEP + "    sweep: {style_strength: [0.5, -1]}\n", ["job.yaml:5: pairs[0].sweep.style_strength[1]: Input should be greater than 0 (got -1)"]),
+        (SWEEP + "    sweep: {style_strength: [0.5, 1000]}\n", ["pairs[0].sweep.style_strength[1]: Input should be less than or equal to 100 (got 1000)"]),
+        (SWEEP + "    sweep: {stlye_strength: [1, 2]}\n", ["job.yaml:5: pairs[0].sweep.stlye_strength: unknown option; options: model,", "style_strength"]),
+        (SWEEP + "    sweep: {tv_weight: 0.1}\n", ["job.yaml:5: pairs[0].sweep.tv_weight: must be a non-empty list of values (got 0.1)"]),
+        (SWEEP + "    sweep: {tv_weight: []}\n", ["pairs[0].sweep.tv_weight: must be a non-empty list of values (got [])"]),
+        (SWEEP + "    sweep: {tv_weight: [0.1, 0.2, 0.1]}\n", ["pairs[0].sweep.tv_weight[2]: repeats 0.1"]),
+        (SWEEP + "    sweep: [0.5, 1]\n", ["job.yaml:5: pairs[0].sweep: Input should be a valid dictionary"]),
+        (SWEEP + "    sweep: {}\n", ["pairs[0].sweep: must map options to lists of values"]),
+        (SWEEP + "    tv_weight: 0.1\n    sweep: {tv_weight: [0.1, 1]}\n", ["job.yaml:6: pairs[0].sweep.tv_weight: tv_weight is also set beside the sweep; give one"]),
+        (SWEEP + "    style_scale: 0.5\n    sweep: {style_size: [64]}\n", ["pairs[0].sweep.style_size[0]: style_size and style_scale both set", "(got 64)"]),
+        (SWEEP + "    sweep: {style_size: [64], style_scale: [0.5]}\n", ["job.yaml:5: pairs[0].sweep: style_size=64, style_scale=0.5: style_size and style_scale both set"]),
+        ("output: out\ndefaults: {sweep: {seed: [1, -2]}}\npairs: [{content: photos/a.png, style: styles/s1.jpg}]\n", ["job.yaml:2: defaults.sweep.seed[1]: Input should be greater than or equal to 0 (got -2)"]),
+        ("output: out\ndefaults: {sweep: {style_size: [64]}}\npairs: [{content: photos/a.png, style: styles/s1.jpg, style_scale: 0.5}]\n", ["job.yaml:3: pairs[0]: defaults.sweep.style_size[0]: style_size and style_scale both set"]),
     ],
 )
 def test_each_problem_is_one_line_naming_where_and_what(folder, text, expected):
