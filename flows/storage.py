@@ -349,6 +349,16 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise translated from None
 
 
+def remove(uri: str) -> None:
+    """Delete `uri` if it is there."""
+    fs, path = _fs(uri)
+    with _named_errors(uri):
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+
 def remove_temporaries(folder: str, within: str | None = None) -> int:
     """Delete what a killed writer left in `folder`: only regular files named as `write_bytes` names its
     temporaries (`.<name>.<32 hex>.tmp`), never through a symlink (neither `folder` nor an entry is followed),

@@ -15,14 +15,14 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 from prefect.states import Cancelled, Completed, Failed
 
 from stylecore.engine import stylize_batch
 from stylecore.errors import StyleError
 from stylecore.planning import planned_iterations
 
-from . import devices, outputs, stopping, storage
+from . import claims, devices, outputs, stopping, storage
 from .batches import BatchPlan
 from .manifest import PairSpec
 from .pairs import (
@@ -115,15 +115,18 @@ def optimise_members(
 ) -> list[Optimised]:
     """Members of one decoded size and options optimise together; a member whose header misled the plan
     optimises in a group of its own, on the same lease. Members another run finished while this batch waited
-    for its device (or an earlier attempt of this one wrote) are not optimised again."""
+    for its device (or an earlier attempt of this one wrote), or is making now, are not optimised here; the
+    others are claimed for this run before the device starts."""
     logger = get_run_logger()
+    this_run, run_name = str(flow_run.get_id()), flow_run.get_name() or "?"
     done: dict[int, Optimised] = {}
     groups: dict[tuple, list[int]] = {}
     for index, member in enumerate(members):
-        finished = finished_before(member.pair, member.fingerprint)
-        if finished is not None:
-            done[index] = finished
+        settled = settled_elsewhere(member, this_run)
+        if settled is not None:
+            done[index] = settled
         else:
+            claims.take(member.pair, member.fingerprint, this_run, run_name)
             groups.setdefault((member.size, member.pair.options), []).append(index)
     if len(groups) > 1:
         logger.info("%s: decoded sizes differ from the headers: %d groups", batch.label, len(groups))
@@ -131,6 +134,18 @@ def optimise_members(
         group = [members[i] for i in indices]
         done.update(zip(indices, _optimise_group(batch, group, options, device, runner, memory_limit, reporters)))
     return [done[i] for i in range(len(members))]
+
+
+def settled_elsewhere(member: PreparedPair, this_run: str) -> PairOutcome | None:
+    """The member's outcome if another run has finished it since this batch was planned, or holds it now."""
+    finished = finished_before(member.pair, member.fingerprint)
+    if finished is not None:
+        return finished
+    claim = claims.holder(member.pair, member.fingerprint, this_run, claims.flow_run_has_ended)
+    if claim is None:
+        return None
+    pair = member.pair
+    return PairOutcome(pair.id, "skipped", pair.content, pair.style, note=f"being made by run {claim.run_name} on {claim.host}")
 
 
 def _optimise_group(batch, group: list[PreparedPair], options, device, runner, memory_limit, finished_reporters):
@@ -172,7 +187,7 @@ def write_pair(pair: PairSpec, optimised: list[Optimised], index: int, runner: s
     """The pair's outputs, meta.json last; or the pair's own failure from its batch."""
     item = optimised[index]
     if isinstance(item, PairOutcome):
-        return Completed(name=SKIPPED, message="finished meanwhile by another run", data=item)
+        return Completed(name=SKIPPED, message=item.note or "finished meanwhile by another run", data=item)
     if isinstance(item, StyleError):
         return ended(pair.id, retries, lambda: _raise(item))
     return ended(pair.id, retries, lambda: write_outputs(item, runner))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from flows import claims
+
 from .conftest import ROOT, stop
 from .test_pipeline import small_png
 
@@ -34,10 +36,11 @@ def lay_out(folder: Path, weights, names: str, iterations: int, batch_size: int 
     return manifest
 
 
-def stylize(*args, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=dict(os.environ)
-    )
+def stylize(*args, log: Path, faults: list | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    if faults:
+        env.update(PYTHONPATH=str(ROOT / "tests" / "faults"), STYLIZE_FAULTS=json.dumps(faults))
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
 def intervals(folder: Path) -> list[tuple[str, datetime, datetime, str]]:
@@ -67,6 +70,24 @@ def test_two_runs_at_once_never_share_a_device(tmp_path, prefect_api, squeezenet
     for (device, _, end, pair), (next_device, start, _, next_pair) in zip(spans, spans[1:]):
         assert device == next_device  # one host, one CPU
         assert end <= start, f"{pair} and {next_pair} optimised on {device} at the same time"
+
+
+def test_two_runs_of_one_manifest_make_each_pair_once(tmp_path, prefect_api, squeezenet_weights):
+    """Started together, both runs read every pair; each pair is optimised by the run that claimed it first and
+    reported skipped (being made by that run) or skipped (finished) by the other. Each run has its own report.
+    Slow storage (each picture lands 2 s late, as a big image on S3 would) makes sure the other run gets the
+    device while a pair it has read is still being written."""
+    manifest = lay_out(tmp_path, squeezenet_weights, "abcdefgh", 40)
+    slow = [{"op": "write", "match": "stylized.png", "times": -1, "delay": 2}]
+    runs = [stylize("run", str(manifest), log=tmp_path / f"log-{i}.txt", faults=slow) for i in range(2)]
+    for i, process in enumerate(runs):
+        assert process.wait(timeout=900) == 0, (tmp_path / f"log-{i}.txt").read_text()[-3000:]
+    reports = [json.loads((run / "report.json").read_text()) for run in (tmp_path / "out" / "_runs").iterdir()]
+    assert len(reports) == 2
+    made = sorted(p["id"] for r in reports for p in r["pairs"] if p["status"] == "completed")
+    assert made == sorted(f"{n}-style" for n in "abcdefgh"), "a pair was optimised twice, or never"
+    assert all(p["status"] in ("completed", "skipped") for r in reports for p in r["pairs"])
+    assert not list((tmp_path / "out").glob(f"*/{claims.CLAIM_NAME}"))  # each claim went with its meta.json
 
 
 def test_a_manifest_fans_out_over_child_flow_runs(tmp_path, prefect_api, squeezenet_weights):

@@ -1,12 +1,14 @@
 """Fault injection for end-to-end tests: loaded into a `stylize` subprocess through PYTHONPATH.
 
 STYLIZE_FAULTS is a JSON list of {"op": "write"|"read"|"oom", "match": substring, "times": n, "error": text}:
-the first n matching storage calls raise ConnectionError(text), as a flaky network would; "oom" makes
-the first n batch optimisations raise torch.cuda.OutOfMemoryError, as a full GPU would.
+the first n matching storage calls raise ConnectionError(text), as a flaky network would; with "delay": s
+instead of an error they succeed s seconds late, as a slow store would; "oom" makes the first n batch
+optimisations raise torch.cuda.OutOfMemoryError, as a full GPU would.
 """
 
 import json
 import os
+import time
 
 _plan = json.loads(os.environ.get("STYLIZE_FAULTS") or "[]")
 
@@ -18,6 +20,9 @@ if _plan:
             for fault in _plan:
                 if fault["op"] == op and fault["match"] in uri and fault["times"] != 0:
                     fault["times"] -= 1
+                    if "delay" in fault:
+                        time.sleep(fault["delay"])
+                        break
                     raise ConnectionError(fault.get("error", "injected fault"))
             return real(uri, *args, **kwargs)
 
