@@ -40,7 +40,10 @@ def _print_report(report: dict) -> int:
     rows = []
     for p in report["pairs"]:
         final = p.get("final") or {}
-        detail = p.get("error") if p["status"] == "failed" else f"style {final.get('style', 0):.4g}  total {final.get('total', 0):.4g}"
+        if p["status"] == "failed" or p.get("note"):
+            detail = p.get("error") or p.get("note")
+        else:
+            detail = f"style {final.get('style', 0):.4g}  total {final.get('total', 0):.4g}"
         rows.append((p["id"], p["status"], f"{p.get('seconds', 0):.1f}", detail or ""))
     _table(("pair", "status", "seconds", "final losses / reason"), rows)
     counts = report["counts"]

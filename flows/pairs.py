@@ -25,7 +25,7 @@ from stylecore.engine import Job, Result
 from stylecore.errors import StyleError
 from stylecore.weights import sha256_bytes
 
-from . import outputs, storage
+from . import claims, outputs, storage
 from .manifest import PairSpec
 
 OUTPUT_NAMES = {"image": "stylized.png", "losses_csv": "losses.csv", "losses_png": "losses.png", "meta": "meta.json"}
@@ -114,6 +114,7 @@ class PairOutcome:
     seconds: float = 0.0  # of the optimisation, shared with the rest of its batch
     device: str | None = None
     batch: int = 1  # pairs optimised together with this one, itself included
+    note: str | None = None  # why a pair was skipped, when not because its outputs are already there
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -212,6 +213,7 @@ def write_outputs(done: OptimisedPair, runner: str) -> PairOutcome:
     storage.write_bytes(uris["losses_csv"], outputs.losses_csv(result.history))
     storage.write_bytes(uris["losses_png"], outputs.losses_png(result.history, f"{pair.id}: losses per iteration"))
     storage.write_bytes(uris["meta"], (json.dumps(meta_record(done, runner), indent=2) + "\n").encode())
+    claims.release(pair)
     return PairOutcome(
         pair.id, "completed", pair.content, pair.style, outputs=uris, final=final_losses(result),
         iterations=len(result.history), seconds=round(result.seconds, 3), device=done.worker.device, batch=result.batch_size,

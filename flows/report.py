@@ -152,7 +152,7 @@ def table_rows(report: dict) -> list[dict]:
                 "tv loss": _fmt(final.get("tv")),
                 "seconds": f"{p.get('seconds', 0):.1f}",
                 "batch": str(p.get("batch", 1)) if p["status"] == "completed" else "",
-                "output or reason": (p.get("outputs") or {}).get("image", "") if p["status"] != "failed" else p.get("error", ""),
+                "output or reason": p.get("error") or p.get("note") or (p.get("outputs") or {}).get("image", ""),
             }
         )
     return rows
