@@ -210,7 +210,8 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
         "device_seconds": report_mod.gpu_seconds_by_device(pairs),
         "pairs": pairs,
     }
-    sheet = report_mod.contact_sheet(pairs)  # built once: it reads every pair's thumbnails
+    sweeps = {p.id: (p.sweep_of, p.sweep) for p in loaded.pairs if p.sweep}
+    sheet = report_mod.contact_sheet(pairs, sweeps)  # built once: it reads every pair's thumbnails
     try:
         store_report(report, sheet)
     except Exception as exc:  # the storage is down for longer than the retries: keep the report here

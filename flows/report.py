@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
@@ -83,32 +84,155 @@ def _thumb(uri: str | None) -> Image.Image | None:
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
 
 
-def contact_sheet(pairs: list[dict]) -> bytes:
-    """content | style | result, one row per pair (the first MAX_SHEET_ROWS)."""
-    shown = pairs[:MAX_SHEET_ROWS]
-    label_h = 18
-    width, row_h = 3 * (THUMB + 8) + 8, THUMB + label_h + 8
-    extra = 24 if len(pairs) > len(shown) else 0
-    sheet = Image.new("RGB", (width, max(1, len(shown)) * row_h + 8 + extra), (250, 250, 250))
+LABEL_H = 18
+ROW_LABEL_W = 120  # a sweep grid's row labels
+MAX_GRID_COLUMNS = 8  # a wider sweep grid wraps onto further rows of cells
+STATUS_COLOURS = {"completed": (20, 110, 40), "skipped": (60, 60, 140), "failed": (180, 30, 30)}
+
+Sweeps = dict[str, tuple[str, tuple[tuple[str, str], ...]]]  # pair id → (the sweep's own id, (option, value) swept)
+
+
+@dataclass
+class _Grid:
+    """A sweep's members: rows are the first swept option's values, columns the rest's combinations (one row when
+    only one option is swept)."""
+
+    id: str
+    options: tuple[str, ...]
+    cells: dict[tuple[tuple[str, ...], tuple[str, ...]], dict] = field(default_factory=dict)
+
+    @property
+    def splits(self) -> int:
+        return 1 if len(self.options) > 1 else 0
+
+    def add(self, pair: dict, values: tuple[str, ...]) -> None:
+        self.cells[values[: self.splits], values[self.splits :]] = pair
+
+    @property
+    def rows(self) -> list[tuple[str, ...]]:
+        return list(dict.fromkeys(row for row, _ in self.cells))
+
+    @property
+    def columns(self) -> list[tuple[str, ...]]:
+        return list(dict.fromkeys(column for _, column in self.cells))
+
+    @property
+    def first(self) -> dict:
+        return next(iter(self.cells.values()))
+
+
+def _strips(pairs: list[dict], sweeps: Sweeps) -> list[tuple]:
+    """The sheet top to bottom: ("pair", pair) rows, and for each sweep, where its first member is, a ("grid", grid)
+    heading with its inputs, then ("columns", grid, columns) labels and ("cells", grid, row, columns) rows."""
+    blocks, grids = [], {}
+    for pair in pairs:
+        if pair["id"] not in sweeps:
+            blocks.append(("pair", pair))
+            continue
+        sweep_of, swept = sweeps[pair["id"]]
+        if sweep_of not in grids:
+            grids[sweep_of] = _Grid(sweep_of, tuple(option for option, _ in swept))
+            blocks.append(("grid", grids[sweep_of]))
+        grids[sweep_of].add(pair, tuple(value for _, value in swept))
+    strips = []
+    for block in blocks:
+        strips.append(block)
+        if block[0] == "grid":
+            grid = block[1]
+            columns = grid.columns
+            for start in range(0, len(columns), MAX_GRID_COLUMNS):
+                chunk = columns[start : start + MAX_GRID_COLUMNS]
+                strips.append(("columns", grid, chunk))
+                strips += [("cells", grid, row, chunk) for row in grid.rows]
+    return strips
+
+
+def _strip_height(strip: tuple) -> int:
+    if strip[0] == "columns":
+        return 12 * max(1, len(strip[1].options) - strip[1].splits) + 6
+    return THUMB + 8 + (LABEL_H if strip[0] in ("pair", "grid") else 0)
+
+
+def _strip_width(strip: tuple) -> int:
+    if strip[0] in ("columns", "cells"):
+        return ROW_LABEL_W + len(strip[-1]) * (THUMB + 8) + 8
+    return 3 * (THUMB + 8) + 8
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    while len(text) > 1 and draw.textlength(text) > width:
+        text = text[:-2] + "…"
+    return text
+
+
+def _cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, left: int, top: int, uri: str | None, failed: bool = False) -> None:
+    thumb = None if failed else _thumb(uri)
+    if thumb is None:
+        draw.rectangle((left, top, left + THUMB, top + THUMB), fill=(225, 225, 225))
+        if failed:
+            draw.text((left + 6, top + 6), "failed", fill=STATUS_COLOURS["failed"])
+    else:
+        sheet.paste(thumb, (left + (THUMB - thumb.width) // 2, top + (THUMB - thumb.height) // 2))
+
+
+def contact_sheet(pairs: list[dict], sweeps: Sweeps | None = None) -> bytes:
+    """content | style | result, one row per pair; a sweep's results as one grid under its content and style,
+    labelled with the swept values, so the best setting is picked at a glance. At most MAX_SHEET_ROWS rows."""
+    strips, shown, rows = [], 0, 0
+    for strip in _strips(pairs, sweeps or {}):
+        rows += strip[0] != "columns"
+        if rows > MAX_SHEET_ROWS:
+            break
+        strips.append(strip)
+        if strip[0] == "pair":
+            shown += 1
+        elif strip[0] == "cells":
+            shown += sum((strip[2], column) in strip[1].cells for column in strip[3])
+    if strips and strips[-1][0] == "columns":
+        strips.pop()
+    extra = 24 if shown < len(pairs) else 0
+    width = max([3 * (THUMB + 8) + 8, *(_strip_width(s) for s in strips)])
+    height = sum(_strip_height(s) for s in strips) or THUMB + LABEL_H + 8
+    sheet = Image.new("RGB", (width, height + 8 + extra), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    for row, pair in enumerate(shown):
-        top = 4 + row * row_h
-        status = pair["status"]
-        colour = {"completed": (20, 110, 40), "skipped": (60, 60, 140), "failed": (180, 30, 30)}.get(status, (0, 0, 0))
-        draw.text((8, top + 2), f"{pair['id']}  [{status}]", fill=colour)
-        cells = [pair.get("content"), pair.get("style"), (pair.get("outputs") or {}).get("image")]
-        for col, uri in enumerate(cells):
-            left = 8 + col * (THUMB + 8)
-            box = (left, top + label_h, left + THUMB, top + label_h + THUMB)
-            thumb = _thumb(uri) if not (col == 2 and status == "failed") else None
-            if thumb is None:
-                draw.rectangle(box, fill=(225, 225, 225))
-                if col == 2 and status == "failed":
-                    draw.text((left + 6, top + label_h + 6), "failed", fill=(180, 30, 30))
-            else:
-                sheet.paste(thumb, (left + (THUMB - thumb.width) // 2, top + label_h + (THUMB - thumb.height) // 2))
+    top = 4
+    for strip in strips:
+        kind = strip[0]
+        if kind == "pair":
+            pair = strip[1]
+            status = pair["status"]
+            draw.text((8, top + 2), f"{pair['id']}  [{status}]", fill=STATUS_COLOURS.get(status, (0, 0, 0)))
+            cells = [pair.get("content"), pair.get("style"), (pair.get("outputs") or {}).get("image")]
+            for col, uri in enumerate(cells):
+                _cell(sheet, draw, 8 + col * (THUMB + 8), top + LABEL_H, uri, failed=col == 2 and status == "failed")
+        elif kind == "grid":
+            grid = strip[1]
+            across = ", ".join(grid.options[grid.splits :])
+            layout = f"rows: {grid.options[0]}  |  columns: {across}" if grid.splits else f"columns: {across}"
+            draw.text((8, top + 2), f"{grid.id}  |  sweep  |  {layout}", fill=(0, 0, 0))
+            for col, uri in enumerate((grid.first.get("content"), grid.first.get("style"))):
+                _cell(sheet, draw, 8 + col * (THUMB + 8), top + LABEL_H, uri)
+        elif kind == "columns":
+            grid, chunk = strip[1], strip[2]
+            options = grid.options[grid.splits :]
+            for col, values in enumerate(chunk):
+                for line, (option, value) in enumerate(zip(options, values)):
+                    text = _fit(draw, f"{option}={value}", THUMB)
+                    draw.text((ROW_LABEL_W + col * (THUMB + 8), top + 2 + 12 * line), text, fill=(0, 0, 0))
+        else:
+            grid, row, chunk = strip[1], strip[2], strip[3]
+            for line, text in enumerate((grid.options[0], f"= {row[0]}") if row else ()):
+                draw.text((8, top + THUMB // 2 - 12 + 12 * line), _fit(draw, text, ROW_LABEL_W - 12), fill=(0, 0, 0))
+            for col, column in enumerate(chunk):
+                pair = grid.cells.get((row, column))
+                left = ROW_LABEL_W + col * (THUMB + 8)
+                if pair is None:  # a combination this run did not have (another share's, or dropped)
+                    draw.rectangle((left, top, left + THUMB, top + THUMB), outline=(200, 200, 200))
+                    continue
+                _cell(sheet, draw, left, top, (pair.get("outputs") or {}).get("image"), failed=pair["status"] == "failed")
+        top += _strip_height(strip)
     if extra:
-        draw.text((8, sheet.height - 20), f"… and {len(pairs) - len(shown)} more pairs in report.json", fill=(0, 0, 0))
+        draw.text((8, sheet.height - 20), f"… and {len(pairs) - shown} more pairs in report.json", fill=(0, 0, 0))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
