@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,12 +25,13 @@ from . import colour, lockstep, memory
 from . import weights as weights_mod
 from .errors import BadOptions, NonFiniteLoss
 from .features import Encoder, ModelSpec, model_spec
+from .images import quantise
 from .losses import content_loss_per_sample, style_loss_per_sample, tv_loss_per_sample
 from .options import StyleOptions
 from .planning import Plan, make_plan, resolve_device, sizes_to_fit
 from .targets import blended_grams, content_features, style_targets
 from .tiling import optimise_tiled
-from .tracking import IterationRecord
+from .tracking import IterationRecord, Snapshot
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class Result:
     fallbacks: list[str]  # every out-of-memory step taken, in words
     early_stops: list[EarlyStop]
     batch_size: int  # images optimised together with this one, itself included
+    # Σ P² over the content layer's target features at the output size: what the content loss divided by its
+    # weight is measured against, so how far the content drifted can be told apart from how it was weighted
+    content_energy: float
+    snapshots: list[Snapshot]  # with snapshot_every: the best image every N iterations, each at its scale's size
 
     @property
     def final(self) -> IterationRecord:
@@ -179,6 +184,8 @@ class _Run:
         self.early_stops: dict[int, list[EarlyStop]] = {i: [] for i in range(len(jobs))}
         self.scales: list[ScaleRun] = []
         self.fallbacks: list[str] = []
+        self.content_energy: dict[int, float] = {}  # the latest scale's: the output size's once all have run
+        self.snapshots: dict[int, list[Snapshot]] = {i: [] for i in range(len(jobs))}
 
     def clock(self) -> float:
         return time.perf_counter() - self.began
@@ -260,8 +267,10 @@ def stylize_batch(
             results.append(run.errors[i])
             continue
         image, record = bests[i]
+        snapshots = run.snapshots[i]
         if options.colour == "luminance":
             image = colour.join_luminance(image.to(device), job.content.to(device))
+            snapshots = [_in_content_colours(snapshot, job.content) for snapshot in snapshots]
         results.append(
             Result(
                 image=image.float().cpu(),
@@ -276,6 +285,8 @@ def stylize_batch(
                 fallbacks=list(run.fallbacks),
                 early_stops=run.early_stops[i],
                 batch_size=len(jobs),
+                content_energy=run.content_energy[i],
+                snapshots=snapshots,
             )
         )
     return results
@@ -300,6 +311,13 @@ def stylize(
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
+
+
+def _in_content_colours(snapshot: Snapshot, content: Tensor) -> Snapshot:
+    """A luminance-only snapshot with the content's colours joined, as the output gets them."""
+    h, w = snapshot.pixels.shape[-2:]
+    joined = colour.join_luminance(snapshot.pixels.float().div(255), _resize(content.cpu(), h, w))
+    return replace(snapshot, pixels=quantise(joined))
 
 
 def _initial_image(content: Tensor, options: StyleOptions) -> Tensor:
@@ -395,6 +413,7 @@ def _first_iteration(run: _Run, index: int) -> int:
 
 def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations):
     content_targets = torch.cat([content_features(encoder, plan.content_layer, contents[i]) for i in chunk])
+    energies = content_targets.square().flatten(1).sum(1).tolist()
     gram_targets = [torch.stack([grams[i][layer] for i in chunk]) for layer in range(len(plan.style_layers))]
     row_of = {index: row for row, index in enumerate(chunk)}
 
@@ -431,6 +450,7 @@ def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, ite
         clock=run.clock,
         on_record=run.record,
         early_stop=(run.options.early_stop, run.options.early_stop_window),
+        snapshot_every=run.options.snapshot_every,
     )
     bests = {}
     for i, outcome in outcomes.items():
@@ -440,6 +460,8 @@ def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, ite
             run.errors[i] = NonFiniteLoss("no iteration finished")
         else:
             bests[i] = (outcome.best.pixels, outcome.best.record)
+            run.content_energy[i] = energies[row_of[i]]
+            run.snapshots[i] += outcome.best.snapshots
             if outcome.stopped_at is not None:
                 run.early_stops[i].append(EarlyStop(scale, outcome.stopped_at))
     return bests
@@ -449,16 +471,19 @@ def _run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterat
     bests = {}
     for i in chunk:
         try:
-            best, _, stopped_at = optimise_tiled(
+            best, _, stopped_at, energy = optimise_tiled(
                 encoder, plan, contents[i], grams[i], starts[i],
                 tile=tile, iterations=iterations, seed=run.options.seed + scale, first_iteration=_first_iteration(run, i),
                 scale=scale, clock=run.clock, on_record=lambda record, i=i: run.record(i, record),
                 early_stop=(run.options.early_stop, run.options.early_stop_window),
+                snapshot_every=run.options.snapshot_every,
             )
         except NonFiniteLoss as exc:
             run.errors[i] = exc
             continue
         bests[i] = (best.pixels, best.record)
+        run.content_energy[i] = energy
+        run.snapshots[i] += best.snapshots
         if stopped_at is not None:
             run.early_stops[i].append(EarlyStop(scale, stopped_at))
     return bests

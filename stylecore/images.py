@@ -102,12 +102,18 @@ def to_tensor(image: Image.Image) -> Tensor:
     return to_pixels(image).float().div_(255.0)
 
 
+def quantise(tensor: Tensor) -> Tensor:
+    """[0, 1] floats → uint8 as a PNG stores them (rounded, not truncated); uint8 passes through."""
+    if tensor.dtype == torch.uint8:
+        return tensor
+    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def to_image(tensor: Tensor) -> Image.Image:
-    """(1, 3, H, W) or (3, H, W) in [0, 1] → 8-bit RGB image (rounded, not truncated)."""
+    """(1, 3, H, W) or (3, H, W), in [0, 1] or uint8 → 8-bit RGB image."""
     if tensor.dim() == 4:
         tensor = tensor[0]
-    array = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array, "RGB")
+    return Image.fromarray(quantise(tensor).permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def load(data: bytes, longer_side: int, name: str = "image") -> Tensor:

@@ -101,10 +101,11 @@ def optimise(
     clock: Callable[[], float],
     on_record: Callable[[int, IterationRecord], None] | None = None,
     early_stop: tuple[float | None, int] = (None, 20),
+    snapshot_every: int | None = None,
 ) -> dict[int, Outcome]:
     """Run each start's optimiser for `iterations` evaluations (fewer if it converges); evaluations are batched."""
     meeting = _Meeting(starts)
-    outcomes = {i: Outcome(BestImage(), []) for i in starts}
+    outcomes = {i: Outcome(BestImage(snapshot_every), []) for i in starts}
 
     def run(index: int) -> None:
         outcome = outcomes[index]

@@ -75,6 +75,9 @@ class StyleOptions(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 network (preprocessing, Gram matrices and losses stay fp32); auto: where measured faster."
     )
+    snapshot_every: int | None = Field(
+        None, ge=1, le=100_000, description="Also write the image every N iterations (snapshots/iter-0100.png, …); default: none."
+    )
 
     @field_validator("content_layer", mode="before")
     @classmethod
@@ -133,9 +136,10 @@ class StyleOptions(BaseModel):
         return StyleOptions.model_validate({**self.model_dump(exclude_unset=True), **overrides})
 
     def fingerprint_fields(self) -> dict:
-        """What decides the output bytes; `device` is where, not what, so it is left out, and a default
-        `style_strength` is left out so outputs made before it existed still match."""
-        exclude = {"device"} | ({"style_strength"} if self.style_strength == 1.0 else set())
+        """What decides the output bytes; `device` is where, not what, and `snapshot_every` only adds pictures of the
+        way there, so both are left out; a default `style_strength` is left out so outputs made before it existed
+        still match."""
+        exclude = {"device", "snapshot_every"} | ({"style_strength"} if self.style_strength == 1.0 else set())
         return self.model_dump(mode="json", exclude=exclude)
 
     def digest(self) -> str:

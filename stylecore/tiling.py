@@ -62,19 +62,24 @@ def optimise_tiled(
     on_record: Callable[[IterationRecord], None] | None = None,
     early_stop: tuple[float | None, int] = (None, 20),
     lr: float = TILED_LR,
-) -> tuple[BestImage, list[IterationRecord], int | None]:
+    snapshot_every: int | None = None,
+) -> tuple[BestImage, list[IterationRecord], int | None, float]:
+    """The best image, every evaluation's record, the early-stop iteration (or None), and the content targets'
+    energy Σ P² over the last grid's tiles (what the content loss is measured against, see `Result`)."""
     height, width = content.shape[-2:]
     pixels = start.detach().clone().contiguous().requires_grad_(True)
     optimizer = torch.optim.Adam([pixels], lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    best, history, convergence = BestImage(), [], Convergence(*early_stop)
+    best, history, convergence = BestImage(snapshot_every), [], Convergence(*early_stop)
+    energy = 0.0
     for step in range(iterations):
         optimizer.zero_grad(set_to_none=True)
         dy, dx = torch.randint(0, tile, (2,), generator=generator).tolist()
-        c_total = s_total = 0.0
+        c_total = s_total = energy = 0.0
         for y0, y1 in tile_bounds(height, tile, dy):
             for x0, x1 in tile_bounds(width, tile, dx):
                 target = content_features(encoder, plan.content_layer, content[..., y0:y1, x0:x1])
+                energy += target.square().sum().item()
                 feats = {name: value.float() for name, value in encoder(pixels[..., y0:y1, x0:x1]).items()}
                 share = (y1 - y0) * (x1 - x0) / (height * width)
                 c = content_loss(plan.content_weight, feats[plan.content_layer], target)
@@ -98,4 +103,4 @@ def optimise_tiled(
         optimizer.step()
         with torch.no_grad():
             pixels.clamp_(0, 1)
-    return best, history, convergence.stopped_at
+    return best, history, convergence.stopped_at, energy

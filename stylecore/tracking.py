@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .images import quantise
+
 
 @dataclass(frozen=True)
 class IterationRecord:
@@ -18,17 +20,33 @@ class IterationRecord:
     scale: int = 0  # index of the scale, coarse to fine
 
 
-class BestImage:
-    """The lowest-loss image evaluated so far: the one returned, so the image and its reported losses agree."""
+@dataclass(frozen=True)
+class Snapshot:
+    """The best image at an iteration, in 8 bits: a quarter of float32, kept until the pair's outputs are written."""
 
-    def __init__(self):
+    iteration: int  # as in IterationRecord: 1-based, counted across scales
+    scale: int
+    pixels: Tensor  # (1, 3, h, w) uint8 on the CPU, at that scale's size
+
+
+class BestImage:
+    """The lowest-loss image evaluated so far: the one returned, so the image and its reported losses agree.
+
+    With `snapshot_every`, a copy of it is kept at every iteration that is a multiple: what the run would
+    return had it stopped there (a line search's rejected trial points never show)."""
+
+    def __init__(self, snapshot_every: int | None = None):
         self.record: IterationRecord | None = None
         self.pixels: Tensor | None = None
+        self.snapshot_every = snapshot_every
+        self.snapshots: list[Snapshot] = []
 
     def offer(self, record: IterationRecord, pixels: Tensor) -> None:
         if self.record is None or record.total < self.record.total:
             self.record = record
             self.pixels = pixels.detach().clamp(0, 1).contiguous().clone()
+        if self.snapshot_every and record.iteration % self.snapshot_every == 0 and self.pixels is not None:
+            self.snapshots.append(Snapshot(record.iteration, record.scale, quantise(self.pixels).cpu()))
 
 
 class Convergence:

@@ -98,7 +98,7 @@ def test_shifting_the_tile_grid_leaves_no_seams(squeezenet_weights, monkeypatch)
     grams = style_targets.grams(encoder, loaded.sha256, plan.style_layers, style)
 
     def tiled():
-        best, history, _ = tiling.optimise_tiled(
+        best, history, _, _ = tiling.optimise_tiled(
             encoder, plan, content, grams, content, tile=64, iterations=60, seed=0, first_iteration=1, scale=0,
             clock=lambda: 0.0, lr=0.05,
         )
