@@ -6,7 +6,10 @@ is measured is what the project adds around it: header reads, batch planning, th
 their states on the server, device leases, progress artifacts, outputs and the report. The server runs in its
 own process (`prefect server start` on 127.0.0.1, SQLite), as an operator's would.
 
-Usage: python bench/bench_orchestration.py [--pairs 20000] [--iterations 1] [--json FILE]
+With `--handover S1 S2 …` the first run is made once per device-lease hand-over time (see
+`flows/devices.py`; 0 asks the server for every batch), side by side in one process on one server.
+
+Usage: python bench/bench_orchestration.py [--pairs 20000] [--iterations 1] [--handover 30] [--json FILE]
 """
 
 from __future__ import annotations
@@ -88,13 +91,13 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("the Prefect server did not start")
 
 
-def run_once(manifest: Path, folder: Path) -> dict:
+def run_once(manifest: Path, folder: Path, output: str = "out") -> dict:
     """One flow run in this process, with the flow's RSS sampled against the pairs done."""
     from flows import commands, pipeline
 
     samples: list[tuple[int, float]] = []
     stop = threading.Event()
-    runs = folder / "out" / "_runs"
+    runs = folder / output / "_runs"
     before = set(runs.iterdir()) if runs.exists() else set()
 
     def sample():
@@ -124,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--iterations", type=int, default=1)
+    parser.add_argument("--handover", type=float, nargs="+", default=[30.0], metavar="S", help="lease hand-over seconds to compare")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="stylize-load-"))
@@ -135,23 +139,30 @@ def main() -> None:
     (folder / "server").mkdir()
     server, url = start_server(folder / "server")
     os.environ["PREFECT_API_URL"] = url
+    from flows import devices
+
+    runs: list[tuple[str, dict]] = []
     try:
         manifest = make_job(folder, args.pairs, args.iterations)
-        first = run_once(manifest, folder)
-        again = run_once(manifest, folder)
+        for seconds in args.handover:
+            devices.HANDOVER_SECONDS = seconds
+            own = manifest.with_name(f"load-h{seconds:g}.yaml")  # a fresh output folder per setting
+            own.write_text(manifest.read_text().replace("output: out", f"output: out-h{seconds:g}"))
+            runs.append((f"first, hand-over {seconds:g} s", run_once(own, folder, f"out-h{seconds:g}")))
+        runs.append((f"re-run, hand-over {seconds:g} s", run_once(own, folder, f"out-h{seconds:g}")))
     finally:
         server.terminate()
         server.wait(timeout=60)
     print(f"\n{cpu_name()}, {os.cpu_count()} cores; {args.iterations} iteration(s) at 16 px, SqueezeNet\n")
     print("| run | pairs | exit | completed | skipped | wall s | in the flow s | device s | orchestration s/pair | flow RSS MB at 20% / peak / end |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for label, r in (("first", first), ("re-run", again)):
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for label, r in runs:
         print(
             f"| {label} | {r['pairs']} | {r['exit']} | {r['counts']['completed']} | {r['counts']['skipped']} | {r['wall_s']} "
             f"| {r['in_flow_s']} | {r['device_s']} | {r['per_pair_s']:.4f} | {' / '.join(str(x) for x in r['rss_mb'])} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "first": first, "rerun": again}, indent=2))
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "runs": dict(runs)}, indent=2))
 
 
 if __name__ == "__main__":

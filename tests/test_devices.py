@@ -41,25 +41,30 @@ def test_the_next_batch_goes_to_the_least_busy_device():
     assert target.least_busy(["cuda:0", "cuda:1", "cuda:1"]) == "cuda:0"
 
 
-def test_a_process_queues_its_batches_for_a_device_in_front_of_the_server(monkeypatch):
-    """Only the batch at the front of this process's queue asks the server for the lease."""
+@pytest.mark.parametrize("handover, asks", [(30.0, 1), (0.0, 6)])
+def test_a_process_queues_its_batches_for_a_device_in_front_of_the_server(monkeypatch, handover, asks):
+    """Only the batch at the front of this process's queue deals with the server; while others wait, the lease
+    passes to them without asking again, unless the hand-over time is up (0: every batch asks)."""
     import contextlib
 
-    asking, most = [], [0]
+    holding, most, asked = [], [0], []
 
     @contextlib.contextmanager
     def server_lease(name, **kwargs):
-        asking.append(name)
-        most[0] = max(most[0], len(asking))
-        time.sleep(0.05)
+        asked.append(name)
+        holding.append(name)
+        most[0] = max(most[0], len(holding))
         yield
-        asking.remove(name)
+        holding.remove(name)
 
     monkeypatch.setattr(devices, "concurrency", server_lease)
-    order = []
+    monkeypatch.setattr(devices, "HANDOVER_SECONDS", handover)
+    order, inside = [], []
 
     def batch(i):
-        with devices.lease("cuda:7"):
+        with devices.lease(f"cuda:{handover}"):
+            inside.append(len(holding))  # the server's lease is held whenever a batch runs
+            time.sleep(0.05)
             order.append(i)
 
     threads = [threading.Thread(target=batch, args=(i,)) for i in range(6)]
@@ -68,6 +73,28 @@ def test_a_process_queues_its_batches_for_a_device_in_front_of_the_server(monkey
     for thread in threads:
         thread.join(timeout=10)
     assert sorted(order) == list(range(6)) and most[0] == 1
+    assert inside == [1] * 6 and len(asked) == asks
+    assert holding == []  # the last batch gave the lease back
+
+
+def test_a_lease_the_server_refuses_fails_the_batch_and_the_next_one_asks_again(monkeypatch):
+    import contextlib
+
+    answers = [RuntimeError("Concurrency limits ['x'] must be created before acquiring slots"), None]
+
+    @contextlib.contextmanager
+    def server_lease(name, **kwargs):
+        answer = answers.pop(0)
+        if answer:
+            raise answer
+        yield
+
+    monkeypatch.setattr(devices, "concurrency", server_lease)
+    with pytest.raises(RuntimeError, match="must be created"):
+        with devices.lease("cuda:5"):
+            pass
+    with devices.lease("cuda:5") as device:
+        assert device == "cuda:5" and answers == []
 
 
 @pytest.mark.slow
