@@ -157,8 +157,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The one-command alternative to a work pool on a single host: this process runs the deployments."""
     from prefect import serve
 
+    from . import alerts
     from .pipeline import retry_failed, stylize_manifest
 
+    if not alerts.on_serve(args.alerts_webhook):  # the alerts automation, when a webhook is set or was saved before
+        return EXIT_BAD_INPUT
     nightly = stylize_manifest.to_deployment(
         name="nightly", cron=args.cron, parameters={"manifest": args.manifest}, tags=["stylize", "nightly"]
     )
@@ -191,7 +194,15 @@ def register(commands) -> None:
     serve.add_argument("--manifest", required=True, help="the nightly deployment's manifest URI")
     serve.add_argument("--cron", default="0 1 * * *", help="the nightly schedule [default: 01:00 every day]")
     serve.add_argument("--limit", type=int, default=1, help="flow runs at a time in this process [default: 1]")
+    serve.add_argument(
+        "--alerts-webhook", metavar="URL",
+        help="create or update the alerts automation, posting to URL [default: STYLIZE_ALERTS_WEBHOOK, else the webhook block saved before; neither: no alerts]",
+    )
     serve.set_defaults(handler=cmd_serve)
+
+    from . import alerts
+
+    alerts.register(commands)
 
     demo = commands.add_parser("demo", help="run manifests/demo.yaml on scikit-image's sample pictures")
     demo.add_argument("--devices", help="comma-separated devices (default: every GPU, else cpu)")

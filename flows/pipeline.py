@@ -247,7 +247,7 @@ def _finish(report: dict):
         return Cancelled(message=message, data=RunEndedShort(message, report))
     if failed:
         shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        message = f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}"
+        message = f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}; report: {report['report']}"
         return Failed(message=message, data=RunEndedShort(message, report))
     return Completed(message=f"{len(report['pairs'])} pairs done", data=report)
 
