@@ -20,6 +20,7 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["STYLIZE_CACHE"] = str(_HOME / "stylize")
 os.environ["TORCH_HOME"] = str(_HOME / "torch")
+os.environ.pop("STYLIZE_ALERTS_WEBHOOK", None)  # an operator's webhook must never hear of the tests' failed runs
 
 
 @pytest.fixture(scope="session")
