@@ -28,12 +28,13 @@ def _is_list(annotation) -> bool:
     return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))
 
 
-def add_option_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per StyleOptions field, so the CLI can never drift from the model."""
-    group = parser.add_argument_group("style options (default: the model's)")
+def add_option_flags(parser: argparse.ArgumentParser, overriding: bool = False) -> None:
+    """One flag per StyleOptions field, so the CLI can never drift from the model; `overriding`: on top of
+    options given elsewhere (a manifest's), so no default is shown."""
+    group = parser.add_argument_group("options to change (default: each pair's own)" if overriding else "style options (default: the model's)")
     for name, info in StyleOptions.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        default = "" if info.default is None else f" [default: {info.default}]"
+        default = "" if info.default is None or overriding else f" [default: {info.default}]"
         metavar = "A,B,…" if _is_list(info.annotation) else name.upper()
         group.add_argument(flag, dest=f"opt_{name}", metavar=metavar, default=None, help=(info.description or "") + default)
 
@@ -76,6 +77,7 @@ def cmd_one(args: argparse.Namespace) -> int:
 
     from stylecore import images, stylize
     from stylecore.planning import make_plan, planned_iterations, precision_choice, resolve_device
+    from stylecore.quality import assess
 
     from . import outputs, storage
 
@@ -104,6 +106,8 @@ def cmd_one(args: argparse.Namespace) -> int:
         result = stylize(content, styles, options, on_iteration=show, weights=loaded, memory_limit=memory_limit)
     storage.write_bytes(args.output, images.encode_png(result.image))
     storage.write_bytes(storage.join(storage.parent(args.output), "losses.csv"), outputs.losses_csv(result.history))
+    for snapshot in result.snapshots:
+        storage.write_bytes(storage.join(storage.parent(args.output), outputs.snapshot_name(snapshot)), images.encode_png(snapshot.pixels))
     final = result.final
     print(
         f"wrote {args.output} ({result.image.shape[-1]}×{result.image.shape[-2]}, {len(result.history)} iterations, "
@@ -116,6 +120,12 @@ def cmd_one(args: argparse.Namespace) -> int:
         print(f"memory: {note}")
     for stop in result.early_stops:
         print(f"early stop: scale {stop.scale} converged at iteration {stop.iteration}")
+    quality = assess(result)
+    drift = "-" if quality.content_drift is None else f"{quality.content_drift:.3g}"
+    flags = ", ".join(quality.flags) + (f": {quality.degenerate}" if quality.degenerate else "") if quality.flags else "none"
+    print(f"quality: style ratio {quality.style_ratio:.3g}, content drift {drift}; flags: {flags}")
+    if result.snapshots:
+        print(f"snapshots: {len(result.snapshots)} in {storage.join(storage.parent(args.output), 'snapshots')}")
     return EXIT_OK
 
 

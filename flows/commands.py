@@ -37,6 +37,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict) -> int:
+    from .report import flagged_line
+
     rows = []
     for p in report["pairs"]:
         final = p.get("final") or {}
@@ -48,6 +50,8 @@ def _print_report(report: dict) -> int:
     _table(("pair", "status", "seconds", "final losses / reason"), rows)
     counts = report["counts"]
     print(f"\n{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed; report: {report['report']}")
+    if flagged := flagged_line(report["pairs"]):
+        print(f"{flagged}; re-run them with a stronger setting, e.g.: stylize retry-failed {report['report']} --flagged --style-strength 2")
     failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)}; re-run them with: stylize retry-failed {report['report']}", file=sys.stderr)
@@ -112,11 +116,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from stylecore.options import StyleOptions
+
+    from .cli import format_validation_error, options_from_args
     from .report import load_report
 
     load_report(args.report)  # a missing, oversized or foreign file is one line, not a flow failure
-    from .pipeline import retry_failed
-    return _run_flow(retry_failed, args.runner, args.devices, args.ray_address, report=args.report)
+    from .pipeline import FLAGGED_NEEDS_OVERRIDES, retry_failed
+
+    overrides = options_from_args(args)
+    if args.flagged and not overrides:
+        print(f"stylize: error: {FLAGGED_NEEDS_OVERRIDES}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:  # each flag's own range, before a server starts; each pair's options as a whole are checked in the flow
+        StyleOptions.model_validate(overrides)
+    except ValidationError as exc:
+        print(f"stylize: error: {format_validation_error(exc, flags=True)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return _run_flow(
+        retry_failed, args.runner, args.devices, args.ray_address, report=args.report, flagged=args.flagged, overrides=overrides or None
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -185,9 +206,13 @@ def register(commands) -> None:
     run.add_argument("--shards", type=int, metavar="N", help="deployment runner: child flow runs to spread the batches over [default: one per batch]")
     run.set_defaults(handler=cmd_run)
 
-    retry = commands.add_parser("retry-failed", help="re-run the failed pairs of a run report")
+    from .cli import add_option_flags
+
+    retry = commands.add_parser("retry-failed", help="re-run the failed (or flagged) pairs of a run report")
     retry.add_argument("report", metavar="REPORT_URI", help=".../_runs/<run>/report.json")
+    retry.add_argument("--flagged", action="store_true", help="re-run the pairs whose quality was flagged instead; needs an option to change")
     _runner_flags(retry)
+    add_option_flags(retry, overriding=True)  # e.g. --style-strength 2 on top of each pair's own options
     retry.set_defaults(handler=cmd_retry_failed)
 
     serve = commands.add_parser("serve", help="serve the nightly, ad-hoc and retry-failed deployments from this process")

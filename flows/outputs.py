@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from stylecore import weights as weights_mod
 from stylecore.engine import IterationRecord, load_weights
 from stylecore.options import StyleOptions
+from stylecore.tracking import Snapshot
 
 from . import storage
 
@@ -25,6 +26,11 @@ def losses_csv(history: list[IterationRecord]) -> bytes:
     for r in history:
         writer.writerow([r.iteration, f"{r.content:.6g}", f"{r.style:.6g}", f"{r.tv:.6g}", f"{r.total:.6g}", r.scale, f"{r.seconds:.4f}"])
     return buffer.getvalue().encode()
+
+
+def snapshot_name(snapshot: Snapshot) -> str:
+    """snapshots/iter-0100.png: numbered like the rows of losses.csv, across scales."""
+    return f"snapshots/iter-{snapshot.iteration:04d}.png"
 
 
 SERIES = (("total", (31, 119, 180), 2), ("content", (255, 127, 14), 1), ("style", (44, 160, 44), 1), ("tv", (214, 39, 40), 1))

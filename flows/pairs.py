@@ -23,6 +23,7 @@ import stylecore
 from stylecore import images
 from stylecore.engine import Job, Result
 from stylecore.errors import StyleError
+from stylecore.quality import Quality, assess
 from stylecore.weights import sha256_bytes
 
 from . import claims, outputs, storage
@@ -110,6 +111,7 @@ class PairOutcome:
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     final: dict[str, float] | None = None
+    quality: Quality | None = None  # completed pairs, and skipped ones whose meta.json has it
     iterations: int = 0
     seconds: float = 0.0  # of the optimisation, shared with the rest of its batch
     device: str | None = None
@@ -117,7 +119,17 @@ class PairOutcome:
     note: str | None = None  # why a pair was skipped, when not because its outputs are already there
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "quality": self.quality.as_record() if self.quality else None}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "PairOutcome":
+        """An outcome as a report keeps it."""
+        quality = record.get("quality")
+        return cls(**{**record, "quality": Quality.from_record(quality) if quality else None})
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.quality and self.quality.flags)
 
     @classmethod
     def failed(cls, pair: PairSpec, error: str) -> "PairOutcome":
@@ -129,10 +141,12 @@ class PairOutcome:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version plus a hash of the engine's source: any change to how pixels are made re-runs pairs."""
+    """The package version plus a hash of the engine's source: any change to how pixels are made re-runs pairs.
+    quality.py only judges pixels, so recalibrating a threshold re-runs nothing."""
     digest = hashlib.sha256()
     for path in sorted(Path(stylecore.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        if path.name != "quality.py":
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return f"{_version('stylize')}+{digest.hexdigest()[:12]}"
 
 
@@ -185,8 +199,10 @@ def finished_before(pair: PairSpec, fingerprint: str) -> PairOutcome | None:
         return None
     if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint or meta.get("status") != "completed":
         return None
+    quality = meta.get("quality")  # absent from meta.json written before quality flags
     return PairOutcome(
         pair.id, "skipped", pair.content, pair.style, outputs=output_uris(pair), final=meta.get("final"),
+        quality=Quality.from_record(quality) if isinstance(quality, dict) else None,
         iterations=meta.get("iterations", 0), device=(meta.get("worker") or {}).get("device"),
     )
 
@@ -206,16 +222,19 @@ def this_worker(device: str, node: str | None = None) -> Worker:
 
 
 def write_outputs(done: OptimisedPair, runner: str) -> PairOutcome:
-    """stylized.png, losses.csv and losses.png, then meta.json last: its presence marks the pair done."""
+    """stylized.png, losses.csv, losses.png and any snapshots, then meta.json last: its presence marks the pair done."""
     pair, result = done.prepared.pair, done.result
     uris = output_uris(pair)
+    quality = assess(result)
     storage.write_bytes(uris["image"], images.encode_png(result.image))
     storage.write_bytes(uris["losses_csv"], outputs.losses_csv(result.history))
     storage.write_bytes(uris["losses_png"], outputs.losses_png(result.history, f"{pair.id}: losses per iteration"))
-    storage.write_bytes(uris["meta"], (json.dumps(meta_record(done, runner), indent=2) + "\n").encode())
+    for snapshot in result.snapshots:
+        storage.write_bytes(pair.uri(outputs.snapshot_name(snapshot)), images.encode_png(snapshot.pixels))
+    storage.write_bytes(uris["meta"], (json.dumps(meta_record(done, runner, quality), indent=2) + "\n").encode())
     claims.release(pair)
     return PairOutcome(
-        pair.id, "completed", pair.content, pair.style, outputs=uris, final=final_losses(result),
+        pair.id, "completed", pair.content, pair.style, outputs=uris, final=final_losses(result), quality=quality,
         iterations=len(result.history), seconds=round(result.seconds, 3), device=done.worker.device, batch=result.batch_size,
     )
 
@@ -224,7 +243,7 @@ def final_losses(result: Result) -> dict[str, float]:
     return {k: getattr(result.final, k) for k in ("content", "style", "tv", "total")}
 
 
-def meta_record(done: OptimisedPair, runner: str) -> dict:
+def meta_record(done: OptimisedPair, runner: str, quality: Quality) -> dict:
     prepared, result = done.prepared, done.result
     pair = prepared.pair
     if pair.blend:
@@ -251,10 +270,14 @@ def meta_record(done: OptimisedPair, runner: str) -> dict:
         "batch": {"size": result.batch_size, "limit": done.batch_limit},
         "memory": result.memory_record(),
         "final": final_losses(result),
+        "quality": quality.as_record(),
         "seconds": round(result.seconds, 3),
         "started_at": done.started_at,
         "finished_at": done.finished_at,
-        "outputs": {k: OUTPUT_NAMES[k] for k in ("image", "losses_csv", "losses_png")},
+        "outputs": {
+            **{k: OUTPUT_NAMES[k] for k in ("image", "losses_csv", "losses_png")},
+            **({"snapshots": [outputs.snapshot_name(s) for s in result.snapshots]} if result.snapshots else {}),
+        },
     }
 
 

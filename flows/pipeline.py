@@ -15,9 +15,10 @@ import json
 import math
 import time
 from collections import deque
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
+from pydantic import ValidationError
 
 import stylecore.weights
 
@@ -207,6 +209,7 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "counts": report_mod.summary_counts(pairs),
+        "flagged": [p["id"] for p in report_mod.flagged(pairs)],
         "device_seconds": report_mod.gpu_seconds_by_device(pairs),
         "pairs": pairs,
     }
@@ -227,6 +230,8 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
     get_run_logger().info(
         "%s: %d completed, %d skipped, %d failed; report %s", name, counts["completed"], counts["skipped"], counts["failed"], report["report"]
     )
+    if report["flagged"]:
+        get_run_logger().warning("%s: %s", name, report_mod.flagged_line(pairs))
     return report
 
 
@@ -241,15 +246,16 @@ class RunEndedShort(Exception):
 
 def _finish(report: dict):
     failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
+    flagged = "; " + report_mod.flagged_line(report["pairs"]) if report["flagged"] else ""
     if stopping.requested():
         done = len(report["pairs"]) - len(failed)
         message = f"{stopping.reason()}: {done} of {len(report['pairs'])} pairs finished"
         return Cancelled(message=message, data=RunEndedShort(message, report))
     if failed:
         shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        message = f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}; report: {report['report']}"
+        message = f"{len(failed)} of {len(report['pairs'])} pairs failed: {shown}; report: {report['report']}{flagged}"
         return Failed(message=message, data=RunEndedShort(message, report))
-    return Completed(message=f"{len(report['pairs'])} pairs done", data=report)
+    return Completed(message=f"{len(report['pairs'])} pairs done{flagged}", data=report)
 
 
 # --- spreading a manifest over child flow runs (pods) -------------------------------------------------
@@ -298,7 +304,7 @@ def _child_outcomes(loaded: LoadedManifest, child, share: list[PairSpec]) -> lis
     uri = storage.join(loaded.output, "_runs", child.name, "report.json")
     try:
         pairs = json.loads(storage.read_bytes(uri))["pairs"]
-        return [PairOutcome(**p) for p in pairs]
+        return [PairOutcome.from_dict(p) for p in pairs]
     except Exception:
         message = f"child flow run {child.name} ended {child.state.name if child.state else 'unknown'}"
         return [PairOutcome.failed(pair, message) for pair in share]
@@ -341,23 +347,49 @@ def stylize_manifest(
     return _finish(run_pairs(loaded, pairs, runner, ray_address or None, devices))
 
 
+FLAGGED_NEEDS_OVERRIDES = (
+    "flagged pairs need a stronger setting to re-run (the same options make the same image and are skipped), "
+    "e.g. --style-strength 2 or --iterations 600"
+)
+
+
 @flow(name="stylize-retry-failed", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
-def retry_failed(report: str, runner: Runner = "local", ray_address: str | None = None, devices: list[str] | None = None):
-    """Re-run exactly the failed pairs of a report (inputs re-read, so fixed files are picked up)."""
+def retry_failed(
+    report: str,
+    runner: Runner = "local",
+    ray_address: str | None = None,
+    devices: list[str] | None = None,
+    flagged: bool = False,
+    overrides: dict[str, Any] | None = None,
+):
+    """Re-run exactly the failed pairs of a report (inputs re-read, so fixed files are picked up), or with `flagged`
+    its flagged pairs; `overrides` (options, e.g. {"style_strength": 2}) go on top of each pair's own options."""
     previous = report_mod.load_report(report)
-    failed_ids = [p["id"] for p in previous["pairs"] if p["status"] == "failed"]
+    if flagged and not overrides:
+        return Failed(name=BAD_INPUT, message=FLAGGED_NEEDS_OVERRIDES)
+    chosen = report_mod.flagged(previous["pairs"]) if flagged else [p for p in previous["pairs"] if p["status"] == "failed"]
     try:
         loaded = load_manifest(previous["manifest"], previous["output"])
     except BadManifest as exc:
         return _bad_manifest(previous["manifest"], exc)
     by_id = {p.id: p for p in loaded.pairs}
-    pairs = [by_id[i] for i in failed_ids if i in by_id]
+    try:
+        pairs = [_overridden(by_id[p["id"]], overrides) for p in chosen if p["id"] in by_id]
+    except ValidationError as exc:
+        from .cli import format_validation_error
+
+        return Failed(name=BAD_INPUT, message=format_validation_error(exc, flags=True))
     gone = [
         PairOutcome(p["id"], "failed", p["content"], p["style"], error="no longer in the manifest")
-        for p in previous["pairs"]
-        if p["status"] == "failed" and p["id"] not in by_id
+        for p in chosen
+        if p["id"] not in by_id
     ]
-    get_run_logger().info("retrying %d failed pairs of %s", len(pairs), report)
+    which = "flagged" if flagged else "failed"
+    get_run_logger().info("retrying %d %s pairs of %s%s", len(pairs), which, report, f" with {overrides}" if overrides else "")
     if runner == "deployment":
         return Failed(name=BAD_INPUT, message="retry-failed runs on local or ray; run the k8s-gpu deployment for pods")
     return _finish(run_pairs(loaded, pairs, runner, ray_address or None, devices, gone))
+
+
+def _overridden(pair: PairSpec, overrides: dict[str, Any] | None) -> PairSpec:
+    return replace(pair, options=pair.options.merged(overrides)) if overrides else pair

@@ -59,6 +59,20 @@ def summary_counts(pairs: list[dict]) -> dict[str, int]:
     return counts
 
 
+def flagged(pairs: list[dict]) -> list[dict]:
+    """Pairs whose quality figures crossed a threshold (completed now, or skipped with the flags of their last run)."""
+    return [p for p in pairs if isinstance(p.get("quality"), dict) and p["quality"].get("flags")]
+
+
+def flagged_line(pairs: list[dict], shown: int = 10) -> str:
+    """"2 flagged: a (weak-style), b (degenerate)", or "" where none is."""
+    marked = flagged(pairs)
+    if not marked:
+        return ""
+    names = ", ".join(f"{p['id']} ({', '.join(p['quality']['flags'])})" for p in marked[:shown])
+    return f"{len(marked)} flagged: {names}" + (f" and {len(marked) - shown} more" if len(marked) > shown else "")
+
+
 def gpu_seconds_by_device(pairs: list[dict]) -> dict[str, float]:
     """Device time per device; a batch's time is shared by its pairs, so each counts its share."""
     totals: dict[str, float] = {}
@@ -257,6 +271,19 @@ def markdown(report: dict) -> str:
         lines += ["## Failed pairs", "", "| pair | reason |", "|---|---|"]
         lines += [f"| {p['id']} | {p['error']} |" for p in failed]
         lines += ["", f"Re-run them with `stylize retry-failed {report['report']}`.", ""]
+    marked = flagged(report["pairs"])
+    if marked:
+        lines += ["## Flagged pairs", "", "| pair | flags | style ratio | content drift | image |", "|---|---|---:|---:|---|"]
+        lines += [
+            f"| {p['id']} | {', '.join(p['quality']['flags'])} | {_fmt(p['quality']['style_ratio'])} "
+            f"| {_fmt(p['quality']['content_drift'])} | {p['quality']['degenerate'] or ''} |"
+            for p in marked
+        ]
+        lines += [
+            "", "Re-run them with the setting they need (weak-style: `--style-strength 2` or more `--iterations`; "
+            "content-lost: a larger `--content-weight`; degenerate: a smaller `--lr`), e.g. "
+            f"`stylize retry-failed {report['report']} --flagged --style-strength 2`.", "",
+        ]
     if report.get("device_seconds"):
         lines += ["## Device seconds", "", "| device | seconds |", "|---|---:|"]
         lines += [f"| {d} | {s:.1f} |" for d, s in report["device_seconds"].items()]
@@ -267,6 +294,7 @@ def table_rows(report: dict) -> list[dict]:
     rows = []
     for p in report["pairs"]:
         final = p.get("final") or {}
+        quality = p.get("quality") or {}
         rows.append(
             {
                 "pair": p["id"],
@@ -274,6 +302,9 @@ def table_rows(report: dict) -> list[dict]:
                 "content loss": _fmt(final.get("content")),
                 "style loss": _fmt(final.get("style")),
                 "tv loss": _fmt(final.get("tv")),
+                "style ratio": _fmt(quality.get("style_ratio")),
+                "content drift": _fmt(quality.get("content_drift")),
+                "flags": ", ".join(quality.get("flags") or ()),
                 "seconds": f"{p.get('seconds', 0):.1f}",
                 "batch": str(p.get("batch", 1)) if p["status"] == "completed" else "",
                 "output or reason": p.get("error") or p.get("note") or (p.get("outputs") or {}).get("image", ""),

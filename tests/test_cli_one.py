@@ -29,6 +29,7 @@ def test_one_writes_the_image_and_losses_csv(tmp_path, squeezenet_weights, tubin
     assert [int(r[0]) for r in rows[1:]] == list(range(1, 13))
     assert float(rows[-1][2]) < float(rows[1][2])
     assert "it/s" in done.stderr  # the progress bar
+    assert "quality: style ratio " in done.stdout and "flags: none" in done.stdout
     assert sorted(p.name for p in output.parent.iterdir()) == ["losses.csv", "tubingen.png"]  # no temporaries left
 
 
@@ -39,11 +40,13 @@ def test_one_blends_styles_over_two_scales_in_tiles(tmp_path, squeezenet_weights
         "one", str(content), f"{starry}=0.6", str(output),
         "--blend", f"{scream}=0.4", "--model", "squeezenet1_1", "--weights", str(squeezenet_weights),
         "--size", "192", "--scales", "2", "--coarse-iterations", "4", "--iterations", "3", "--tile", "64",
-        "--colour", "luminance", "-q",
+        "--colour", "luminance", "--snapshot-every", "3", "-q",
     )
     assert done.returncode == 0, done.stderr
     assert Image.open(output).size == (192, 144)
     assert "scales: 96×72, 192×144 in tiles of 64" in done.stdout
+    snapshots = sorted((tmp_path / "snapshots").iterdir())  # numbered across scales, each at its scale's size
+    assert [(p.name, Image.open(p).size) for p in snapshots] == [("iter-0003.png", (96, 72)), ("iter-0006.png", (192, 144))]
     rows = list(csv.DictReader(open(tmp_path / "losses.csv")))
     assert [r["scale"] for r in rows] == ["0"] * 4 + ["1"] * 3
 
