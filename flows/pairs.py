@@ -127,10 +127,6 @@ class PairOutcome:
         quality = record.get("quality")
         return cls(**{**record, "quality": Quality.from_record(quality) if quality else None})
 
-    @property
-    def flagged(self) -> bool:
-        return bool(self.quality and self.quality.flags)
-
     @classmethod
     def failed(cls, pair: PairSpec, error: str) -> "PairOutcome":
         return cls(pair.id, "failed", pair.content, pair.style, error=error)
