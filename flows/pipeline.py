@@ -225,7 +225,9 @@ def write_report(loaded: LoadedManifest, outcomes: list[PairOutcome], seconds: f
         report["report"], report["contact_sheet"] = str(fallback / "report.json"), str(fallback / "contact_sheet.png")
         store_report(report, sheet)
     create_table_artifact(report_mod.table_rows(report), key=artifact_key(loaded.name, "summary"), description=f"Pairs of {name}")
-    create_markdown_artifact(report_mod.markdown(report), key=artifact_key(loaded.name, "report"), description=f"Report of {name}")
+    create_markdown_artifact(
+        report_mod.markdown(report, report_mod.links_for(report)), key=artifact_key(loaded.name, "report"), description=f"Report of {name}"
+    )
     counts = report["counts"]
     get_run_logger().info(
         "%s: %d completed, %d skipped, %d failed; report %s", name, counts["completed"], counts["skipped"], counts["failed"], report["report"]

@@ -15,9 +15,33 @@ from . import storage
 
 THUMB = 160
 MAX_SHEET_ROWS = 100
+MAX_LINKED_PICTURES = 100  # pairs whose result the dashboard's report shows, through a link each
 
 
 PAIR_STATUSES = ("completed", "skipped", "failed")
+
+
+@dataclass(frozen=True)
+class Links:
+    """URLs a browser can open for the run's files (presigned on S3; none for local files, shown as paths)."""
+
+    report: str | None = None
+    contact_sheet: str | None = None
+    pictures: dict[str, str] = field(default_factory=dict)  # a pair's id → its stylized.png
+
+
+def links_for(report: dict) -> Links:
+    """Links to report.json, the contact sheet and the first `MAX_LINKED_PICTURES` results, where storage has them."""
+    made = [p for p in report["pairs"] if p["status"] != "failed" and (p.get("outputs") or {}).get("image")]
+    pictures = {p["id"]: storage.shareable_url(p["outputs"]["image"]) for p in made[:MAX_LINKED_PICTURES]}
+    return Links(
+        storage.shareable_url(report["report"]), storage.shareable_url(report["contact_sheet"]),
+        {pair: url for pair, url in pictures.items() if url},
+    )
+
+
+def _linked(label: str, uri: str, url: str | None) -> str:
+    return f"[{label}]({url})" if url else f"`{uri}`"
 
 
 class BadReport(StyleError):
@@ -252,15 +276,15 @@ def contact_sheet(pairs: list[dict], sweeps: Sweeps | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, links: Links = Links()) -> str:
     counts = report["counts"]
     lines = [
         f"# Stylisation run `{report['run_name']}`",
         "",
         f"Manifest: `{report['manifest']}`  ",
         f"Output: `{report['output']}`  ",
-        f"Report: `{report['report']}`  ",
-        f"Contact sheet: `{report['contact_sheet']}`",
+        f"Report: {_linked('report.json', report['report'], links.report)}  ",
+        f"Contact sheet: {_linked('contact_sheet.png', report['contact_sheet'], links.contact_sheet)}",
         "",
         f"**{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed** "
         f"in {report['seconds']:.1f} s.",
@@ -287,6 +311,13 @@ def markdown(report: dict) -> str:
     if report.get("device_seconds"):
         lines += ["## Device seconds", "", "| device | seconds |", "|---|---:|"]
         lines += [f"| {d} | {s:.1f} |" for d, s in report["device_seconds"].items()]
+        lines += [""]
+    if links.contact_sheet:
+        lines += ["## Contact sheet", "", f"![contact sheet]({links.contact_sheet})", ""]
+    if links.pictures:
+        shown = f" (the first {len(links.pictures)})" if len(links.pictures) < sum(p["status"] != "failed" for p in report["pairs"]) else ""
+        lines += [f"## Results{shown}", "", "| pair | result |", "|---|---|"]
+        lines += [f"| {pair} | ![{pair}]({url}) |" for pair, url in links.pictures.items()]
     return "\n".join(lines) + "\n"
 
 

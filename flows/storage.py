@@ -288,6 +288,21 @@ def info(uri: str) -> dict:
         return fs.info(path)
 
 
+LINK_SECONDS = 7 * 24 * 3600  # the longest an S3 presigned URL may live
+
+
+def shareable_url(uri: str, seconds: int = LINK_SECONDS) -> str | None:
+    """An https URL a browser (the dashboard) can open for `uri` without credentials: presigned on S3; local
+    files have none."""
+    if not uri.startswith("s3://"):
+        return None
+    fs, path = _fs(uri)
+    try:
+        return fs.sign(path, expiration=seconds)
+    except Exception:  # noqa: BLE001 - signing needs credentials; without them there is just no link
+        return None
+
+
 def exists(uri: str) -> bool:
     """Whether `uri` exists; a location the credentials may not read raises `AccessDenied` rather than
     passing for missing, so the operator is told which of the two it is."""
