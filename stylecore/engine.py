@@ -4,7 +4,8 @@
 what `planning.py` decided (device, precision, loss weights, scales, memory plan),
 revises the plan on out-of-memory, and returns a typed record of what it did.
 Nothing here knows Prefect, storage or terminals; progress goes to an optional
-callback.
+callback, and so does each image's whole state every `checkpoint_every` iterations
+(`on_checkpoint`), which `resume` takes back to go on exactly where it was.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from . import colour, lockstep, memory
 from . import weights as weights_mod
+from .checkpoint import State
 from .errors import BadOptions, NonFiniteLoss
 from .features import Encoder, ModelSpec, model_spec
 from .images import quantise
@@ -69,6 +71,7 @@ class Result:
     # weight is measured against, so how far the content drifted can be told apart from how it was weighted
     content_energy: float
     snapshots: list[Snapshot]  # with snapshot_every: the best image every N iterations, each at its scale's size
+    resumed_from: int | None = None  # with `resume`: the iterations taken over from the state (None: started afresh)
 
     @property
     def final(self) -> IterationRecord:
@@ -186,9 +189,34 @@ class _Run:
         self.fallbacks: list[str] = []
         self.content_energy: dict[int, float] = {}  # the latest scale's: the output size's once all have run
         self.snapshots: dict[int, list[Snapshot]] = {i: [] for i in range(len(jobs))}
+        self.on_checkpoint: Callable[[int, State], None] | None = None
+        self.checkpoint_every = 0
+        self.next_checkpoint: dict[int, int] = {i: 0 for i in range(len(jobs))}
+        self.resumed_from: dict[int, int | None] = {i: None for i in range(len(jobs))}
 
     def clock(self) -> float:
         return time.perf_counter() - self.began
+
+    def adopt(self, index: int, state: State) -> None:
+        """Take over what `state` says the scales before its own did; its own scale is taken up by `_take_resume`."""
+        self.histories[index] = list(state.earlier)
+        self.early_stops[index] = [EarlyStop(scale, iteration) for scale, iteration in state.early_stops]
+        self.snapshots[index] = list(state.snapshots)
+        if self.checkpoint_every:
+            self.next_checkpoint[index] = (state.iteration // self.checkpoint_every + 1) * self.checkpoint_every
+        history = state.history
+        if history:  # the clock goes on from the checkpoint's: seconds count optimisation, not the time it was down
+            self.began = min(self.began, time.perf_counter() - history[-1].seconds)
+
+    def boundary(self, index: int, scale: int, size, mode: str, start: Tensor, iteration: int, capture) -> None:
+        """Between two optimiser steps of image `index`, `iteration` evaluations in: a checkpoint if one is due."""
+        if not self.checkpoint_every or iteration < self.next_checkpoint[index]:
+            return
+        self.next_checkpoint[index] = (iteration // self.checkpoint_every + 1) * self.checkpoint_every
+        progress = capture()
+        earlier = self.histories[index][: iteration - len(progress.history)]
+        stops = [(stop.scale, stop.iteration) for stop in self.early_stops[index]]
+        self.on_checkpoint(index, State(scale, size, mode, start, progress, earlier, stops, list(self.snapshots[index])))
 
     def record(self, index: int, record: IterationRecord) -> None:
         self.histories[index].append(record)
@@ -219,11 +247,19 @@ def stylize_batch(
     weights: weights_mod.LoadedWeights | None = None,
     memory_limit: int | None = None,
     max_batch: int | None = None,
+    on_checkpoint: Callable[[int, State], None] | None = None,
+    resume: list[State | None] | None = None,
 ) -> list[Result | Exception]:
     """Stylise pairs of one output size together; a result, or that pair's own error, per job in order.
 
     The batch size is the most images the memory estimate fits in `memory_limit` (default: what the device
     has free), capped by `max_batch`. An image that does not fit alone is optimised in tiles at that scale.
+
+    With `on_checkpoint`, each image's whole state goes to `on_checkpoint(index, state)` at the first step
+    boundary from every `options.checkpoint_every` iterations (from the image's own thread: keep it quick, and
+    the state's tensors are its own, never changed afterwards). `resume[index]`, such a state, makes that image
+    go on from there exactly; a state for other scales than these options plan is not used, and one whose
+    optimiser no longer applies (a scale now tiled, say) starts its scale again from where that scale began.
     """
     options = options or StyleOptions()
     if not jobs:
@@ -237,27 +273,42 @@ def stylize_batch(
     loaded = weights.with_preprocessing(options.preprocessing) if weights else load_weights(options)
     height, width = jobs[0].content.shape[-2:]
     run = _Run(jobs, options, loaded, device, memory_limit or memory.device_budget(device), on_iteration, max_batch)
+    if on_checkpoint is not None and options.checkpoint_every:
+        run.on_checkpoint, run.checkpoint_every = on_checkpoint, options.checkpoint_every
+        run.next_checkpoint = {i: options.checkpoint_every for i in range(len(jobs))}
 
     prepared = [_prepare(job, options, device) for job in jobs]
     fitted = sizes_to_fit(options, make_plan(options, loaded.preprocessing, height * width, device), height, width, run.budget)
     sizes = fitted.sizes
     if fitted.note:
         run.fallbacks.append(fitted.note)
-    starts: dict[int, Tensor] = {}
+    states = _usable_states(resume, len(jobs), sizes, device)
+    for i, state in states.items():
+        run.adopt(i, state)
     bests: dict[int, tuple[Tensor, IterationRecord]] = {}
     for scale, (h, w) in enumerate(sizes):
         final = scale == len(sizes) - 1
         plan = make_plan(options, loaded.preprocessing, h * w, device)
+        iterations = options.iterations if final else (options.coarse_iterations or options.iterations)
+        live = run.alive(range(len(jobs)))
+        here = [i for i in live if i not in states or states[i].scale <= scale]  # the others resume at a later scale
+        if not here:
+            batch, tile = _memory_plan(run, plan, h, w, len(live), run.options.tile if final else None)
+            run.scales.append(_scale_run(run, plan, (h, w), iterations, batch, tile))
+            continue
         encoder = load_encoder(plan.spec, loaded, (plan.content_layer, *plan.style_layers), device, plan.dtype)
-        contents = {i: _resize(content, h, w) for i, (content, _) in enumerate(prepared)}
-        for i in run.alive(range(len(jobs))):
-            if scale == 0:
+        contents = {i: _resize(prepared[i][0], h, w) for i in here}
+        starts: dict[int, Tensor] = {}
+        resuming: dict[int, State] = {}
+        for i in here:
+            if i in states and states[i].scale == scale:
+                starts[i], resuming[i] = states[i].start, states[i]
+            elif scale == 0:
                 starts[i] = _initial_image(contents[i], options)
             else:
                 starts[i] = _resize(bests[i][0].to(device), h, w)
-        grams = {i: _style_grams(run, encoder, plan, prepared[i][1], h / height) for i in run.alive(range(len(jobs)))}
-        iterations = options.iterations if final else (options.coarse_iterations or options.iterations)
-        scale_bests = _optimise_scale(run, encoder, plan, scale, (h, w), contents, grams, starts, iterations, final)
+        grams = {i: _style_grams(run, encoder, plan, prepared[i][1], h / height) for i in here}
+        scale_bests = _optimise_scale(run, encoder, plan, scale, (h, w), contents, grams, starts, iterations, final, resuming)
         bests.update(scale_bests)
 
     results: list[Result | Exception] = []
@@ -287,6 +338,7 @@ def stylize_batch(
                 batch_size=len(jobs),
                 content_energy=run.content_energy[i],
                 snapshots=snapshots,
+                resumed_from=run.resumed_from[i],
             )
         )
     return results
@@ -320,6 +372,37 @@ def _in_content_colours(snapshot: Snapshot, content: Tensor) -> Snapshot:
     return replace(snapshot, pixels=quantise(joined))
 
 
+def _usable_states(resume, count: int, sizes, device) -> dict[int, State]:
+    """The states in `resume` made for these scales, on `device`."""
+    states = {}
+    for i, state in enumerate((resume or [])[:count]):
+        if state is not None and state.scale < len(sizes) and tuple(state.size) == tuple(sizes[state.scale]):
+            states[i] = state.to(device)
+    return states
+
+
+def _take_resume(run: _Run, chunk, resuming: dict[int, State], scale: int, mode: str) -> dict:
+    """The progress each image of `chunk` goes on from at this scale, its history set to match: a state's own
+    where its optimiser is `mode`; otherwise the scale starts afresh (from the state's start, if any)."""
+    taken = {}
+    for i in chunk:
+        state = resuming.get(i)
+        if state is not None and state.mode == mode:
+            taken[i] = state.progress
+            run.histories[i] = state.history
+            run.resumed_from[i] = state.iteration
+        else:
+            run.histories[i] = [r for r in run.histories[i] if r.scale < scale]
+            if state is not None:
+                run.resumed_from[i] = len(run.histories[i]) or None
+    return taken
+
+
+def _scale_first_iteration(run: _Run, index: int, scale: int) -> int:
+    """The iteration number of this scale's first evaluation: one after every earlier scale's."""
+    return sum(1 for r in run.histories[index] if r.scale < scale) + 1
+
+
 def _initial_image(content: Tensor, options: StyleOptions) -> Tensor:
     if options.init == "content":
         return content.clone()
@@ -341,9 +424,11 @@ def _style_grams(run: _Run, encoder: Encoder, plan: Plan, styles, factor: float)
 
 
 
-def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, iterations, final):
+def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, iterations, final, resuming=None):
     """Optimise every live image at one scale: batches as large as fit, tiles where one image does not;
-    on out-of-memory, halve the batch, then tile, then halve the tile."""
+    on out-of-memory, halve the batch, then tile, then halve the tile. Images in `resuming` go on from their
+    states."""
+    resuming = resuming or {}
     h, w = size
     pending = run.alive(sorted(starts))
     batch, tile = _memory_plan(run, plan, h, w, len(pending), run.options.tile if final else None)
@@ -353,9 +438,9 @@ def _optimise_scale(run, encoder, plan, scale, size, contents, grams, starts, it
         chunk = pending[:batch]
         try:
             if tile:
-                bests.update(_run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, tile))
+                bests.update(_run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, tile, resuming))
             else:
-                bests.update(_run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations))
+                bests.update(_run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, resuming))
             pending = pending[len(chunk):]
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -411,7 +496,11 @@ def _first_iteration(run: _Run, index: int) -> int:
     return len(run.histories[index]) + 1
 
 
-def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations):
+def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, resuming):
+    mode = run.options.optimizer
+    progress = _take_resume(run, chunk, resuming, scale, mode)
+    first = {i: _scale_first_iteration(run, i, scale) for i in chunk}
+    size = tuple(contents[chunk[0]].shape[-2:])
     content_targets = torch.cat([content_features(encoder, plan.content_layer, contents[i]) for i in chunk])
     energies = content_targets.square().flatten(1).sum(1).tolist()
     gram_targets = [torch.stack([grams[i][layer] for i in chunk]) for layer in range(len(plan.style_layers))]
@@ -445,12 +534,17 @@ def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, ite
         optimizer=run.options.optimizer,
         lr=plan.lr,
         iterations=iterations,
-        first_iteration={i: _first_iteration(run, i) for i in chunk},
+        first_iteration=first,
         scale=scale,
         clock=run.clock,
         on_record=run.record,
         early_stop=(run.options.early_stop, run.options.early_stop_window),
         snapshot_every=run.options.snapshot_every,
+        resume=progress,
+        on_boundary=(
+            (lambda i, count, capture: run.boundary(i, scale, size, mode, starts[i], first[i] - 1 + count, capture))
+            if run.on_checkpoint else None
+        ),
     )
     bests = {}
     for i, outcome in outcomes.items():
@@ -467,16 +561,23 @@ def _run_lockstep(run, encoder, plan, scale, contents, grams, starts, chunk, ite
     return bests
 
 
-def _run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, tile):
+def _run_tiled(run, encoder, plan, scale, contents, grams, starts, chunk, iterations, tile, resuming):
     bests = {}
+    mode = f"tiled:{tile}"
+    progress = _take_resume(run, chunk, resuming, scale, mode)
     for i in chunk:
+        first, size = _scale_first_iteration(run, i, scale), tuple(contents[i].shape[-2:])
+        boundary = (
+            (lambda count, capture, i=i, first=first, size=size: run.boundary(i, scale, size, mode, starts[i], first - 1 + count, capture))
+            if run.on_checkpoint else None
+        )
         try:
             best, _, stopped_at, energy = optimise_tiled(
                 encoder, plan, contents[i], grams[i], starts[i],
-                tile=tile, iterations=iterations, seed=run.options.seed + scale, first_iteration=_first_iteration(run, i),
+                tile=tile, iterations=iterations, seed=run.options.seed + scale, first_iteration=first,
                 scale=scale, clock=run.clock, on_record=lambda record, i=i: run.record(i, record),
                 early_stop=(run.options.early_stop, run.options.early_stop_window),
-                snapshot_every=run.options.snapshot_every,
+                snapshot_every=run.options.snapshot_every, resume=progress.get(i), on_boundary=boundary,
             )
         except NonFiniteLoss as exc:
             run.errors[i] = exc

@@ -10,6 +10,9 @@ image still running has posted, one batched forward+backward evaluates them all
 and hands each its own loss and gradient (the losses are per-sample and summed,
 so each image's gradient is its own). An image that converges or spends its
 budget leaves; the batch shrinks.
+
+Between two optimiser steps an image can hand out its whole state (`on_boundary`) and
+go on from one later (`resume`): see `checkpoint.py`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .checkpoint import Progress
+from .lbfgs import LBFGS
+from .memory import LBFGS_HISTORY
 from .tracking import BestImage, Convergence, IterationRecord
 
 # evaluate({index: pixels}) → {index: (tensor [content, style, tv, total], gradient) or an exception for that image}
 Evaluate = Callable[[dict[int, Tensor]], dict[int, "tuple[Tensor, Tensor] | Exception"]]
+# on_boundary(index, evaluations this scale so far, capture): capture() is that image's Progress now
+Boundary = Callable[[int, int, Callable[[], Progress]], None]
 
 
 class _Finished(Exception):
@@ -102,23 +110,47 @@ def optimise(
     on_record: Callable[[int, IterationRecord], None] | None = None,
     early_stop: tuple[float | None, int] = (None, 20),
     snapshot_every: int | None = None,
+    resume: dict[int, Progress] | None = None,
+    on_boundary: Boundary | None = None,
 ) -> dict[int, Outcome]:
-    """Run each start's optimiser for `iterations` evaluations (fewer if it converges); evaluations are batched."""
+    """Run each start's optimiser for `iterations` evaluations (fewer if it converges); evaluations are batched.
+    An image in `resume` goes on from there (its start is not used); `on_boundary` is offered every image's
+    state after each optimiser step that it goes on from."""
     meeting = _Meeting(starts)
     outcomes = {i: Outcome(BestImage(snapshot_every), []) for i in starts}
 
     def run(index: int) -> None:
         outcome = outcomes[index]
-        pixels = starts[index].detach().clone().contiguous().requires_grad_(True)  # L-BFGS flattens it: contiguous
+        saved = (resume or {}).get(index)
+        begin = starts[index] if saved is None else saved.pixels
+        pixels = begin.detach().clone().contiguous().requires_grad_(True)  # L-BFGS flattens it: contiguous
         convergence = Convergence(*early_stop)
         if optimizer == "lbfgs":
             # Every evaluation the strong-Wolfe line search makes is one forward+backward: one of the budget.
-            opt = torch.optim.LBFGS(
+            opt = LBFGS(
                 [pixels], lr=lr, max_iter=iterations, max_eval=iterations, tolerance_grad=-1, tolerance_change=-1,
-                history_size=50, line_search_fn="strong_wolfe",
+                history_size=LBFGS_HISTORY, line_search_fn="strong_wolfe",
             )
         else:
             opt = torch.optim.Adam([pixels], lr=lr)
+        if saved is not None:
+            outcome.history = list(saved.history)
+            outcome.best.restore(saved.best, saved.best_pixels, saved.snapshots)
+            convergence.restore(saved.convergence)
+            if optimizer == "lbfgs":
+                opt.resume(saved.optimiser)
+            else:
+                opt.state[pixels] = {k: v.clone() for k, v in saved.optimiser.items()}
+
+        def capture(optimiser_state: dict) -> Progress:
+            best = outcome.best
+            return Progress(
+                pixels.detach().clone(), optimiser_state, list(outcome.history), best.record, best.pixels,
+                list(best.snapshots), convergence.state(),
+            )
+
+        if on_boundary is not None and optimizer == "lbfgs":
+            opt.on_boundary = lambda lbfgs_state: on_boundary(index, len(outcome.history), lambda: capture(lbfgs_state()))
 
         def closure() -> Tensor:
             if len(outcome.history) >= iterations or convergence.stopped_at is not None:
@@ -140,8 +172,11 @@ def optimise(
         try:
             while True:
                 opt.step(closure)
-                if optimizer == "adam" and (len(outcome.history) >= iterations or convergence.stopped_at is not None):
-                    break
+                if optimizer == "adam":
+                    if len(outcome.history) >= iterations or convergence.stopped_at is not None:
+                        break
+                    if on_boundary is not None:
+                        on_boundary(index, len(outcome.history), lambda: capture(_adam_state(opt, pixels)))
         except _Finished:
             pass
         except _BatchAborted:
@@ -165,3 +200,8 @@ def optimise(
         for thread in threads:
             thread.join()
     return outcomes
+
+
+def _adam_state(opt: torch.optim.Adam, pixels: Tensor) -> dict:
+    """Adam's step count and moments, copied (it updates them in place)."""
+    return {k: v.clone() for k, v in opt.state[pixels].items()}

@@ -13,6 +13,9 @@ random offset every iteration. Because the objective moves with the grid, the
 tiled scale uses Adam (L-BFGS's line search and curvature history assume one
 fixed objective). Content targets are computed per tile, on the same crop of the
 content image, so both sides of the comparison see the same edges.
+
+After each step the whole state (image, Adam's moments, the grid's random generator) can be
+handed out (`on_boundary`) and a later call can go on from it (`resume`): see `checkpoint.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .errors import NonFiniteLoss
 from .features import Encoder
 from .losses import content_loss, style_loss, tv_loss
 from .targets import content_features
+from .checkpoint import Progress
 from .tracking import BestImage, Convergence, IterationRecord
 
 TILED_LR = 0.02  # Adam's step on [0, 1] pixels; the scale before has done the coarse work
@@ -63,16 +67,36 @@ def optimise_tiled(
     early_stop: tuple[float | None, int] = (None, 20),
     lr: float = TILED_LR,
     snapshot_every: int | None = None,
+    resume: Progress | None = None,
+    on_boundary: Callable[[int, Callable[[], Progress]], None] | None = None,
 ) -> tuple[BestImage, list[IterationRecord], int | None, float]:
     """The best image, every evaluation's record, the early-stop iteration (or None), and the content targets'
-    energy Σ P² over the last grid's tiles (what the content loss is measured against, see `Result`)."""
+    energy Σ P² over the last grid's tiles (what the content loss is measured against, see `Result`).
+    With `resume`, go on from that state (`start` is not used); `on_boundary(evaluations so far, capture)`
+    is offered the state after every step."""
     height, width = content.shape[-2:]
-    pixels = start.detach().clone().contiguous().requires_grad_(True)
+    pixels = (start if resume is None else resume.pixels).detach().clone().contiguous().requires_grad_(True)
     optimizer = torch.optim.Adam([pixels], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     best, history, convergence = BestImage(snapshot_every), [], Convergence(*early_stop)
-    energy = 0.0
-    for step in range(iterations):
+    energy, begin = 0.0, 0
+    if resume is not None:
+        saved = resume.optimiser
+        optimizer.state[pixels] = {k: v.clone() for k, v in saved["adam"].items()}
+        generator.set_state(saved["rng"])
+        energy, begin = saved["energy"], saved["step"]
+        history = list(resume.history)
+        best.restore(resume.best, resume.best_pixels, resume.snapshots)
+        convergence.restore(resume.convergence)
+
+    def capture(step: int) -> Progress:
+        state = {
+            "step": step, "adam": {k: v.clone() for k, v in optimizer.state[pixels].items()},
+            "rng": generator.get_state(), "energy": energy,
+        }
+        return Progress(pixels.detach().clone(), state, list(history), best.record, best.pixels, list(best.snapshots), convergence.state())
+
+    for step in range(begin, iterations):
         optimizer.zero_grad(set_to_none=True)
         dy, dx = torch.randint(0, tile, (2,), generator=generator).tolist()
         c_total = s_total = energy = 0.0
@@ -103,4 +127,6 @@ def optimise_tiled(
         optimizer.step()
         with torch.no_grad():
             pixels.clamp_(0, 1)
+        if on_boundary is not None and step + 1 < iterations:
+            on_boundary(len(history), lambda: capture(step + 1))
     return best, history, convergence.stopped_at, energy

@@ -48,6 +48,10 @@ class BestImage:
         if self.snapshot_every and record.iteration % self.snapshot_every == 0 and self.pixels is not None:
             self.snapshots.append(Snapshot(record.iteration, record.scale, quantise(self.pixels).cpu()))
 
+    def restore(self, record: IterationRecord | None, pixels: Tensor | None, snapshots: list[Snapshot]) -> None:
+        """Where a checkpoint left it (see `checkpoint.Progress`)."""
+        self.record, self.pixels, self.snapshots = record, pixels, list(snapshots)
+
 
 class Convergence:
     """Early stop: the best loss improved by less than `tolerance` (relative) at each of the last `window` evaluations.
@@ -72,3 +76,9 @@ class Convergence:
         if self.flat >= self.window and self.stopped_at is None:
             self.stopped_at = record.iteration
         return self.stopped_at is not None
+
+    def state(self) -> tuple[float, int, int | None]:
+        return self.best, self.flat, self.stopped_at
+
+    def restore(self, state: tuple[float, int, int | None]) -> None:
+        self.best, self.flat, self.stopped_at = state
