@@ -26,7 +26,7 @@ from stylecore.errors import StyleError
 from stylecore.quality import Quality, assess
 from stylecore.weights import sha256_bytes
 
-from . import claims, outputs, storage
+from . import checkpoints, claims, outputs, storage
 from .manifest import PairSpec
 
 OUTPUT_NAMES = {"image": "stylized.png", "losses_csv": "losses.csv", "losses_png": "losses.png", "meta": "meta.json"}
@@ -229,6 +229,7 @@ def write_outputs(done: OptimisedPair, runner: str) -> PairOutcome:
         storage.write_bytes(pair.uri(outputs.snapshot_name(snapshot)), images.encode_png(snapshot.pixels))
     storage.write_bytes(uris["meta"], (json.dumps(meta_record(done, runner, quality), indent=2) + "\n").encode())
     claims.release(pair)
+    checkpoints.remove(pair)  # the pair is done: nothing to resume
     return PairOutcome(
         pair.id, "completed", pair.content, pair.style, outputs=uris, final=final_losses(result), quality=quality,
         iterations=len(result.history), seconds=round(result.seconds, 3), device=done.worker.device, batch=result.batch_size,
@@ -268,6 +269,7 @@ def meta_record(done: OptimisedPair, runner: str, quality: Quality) -> dict:
         "final": final_losses(result),
         "quality": quality.as_record(),
         "seconds": round(result.seconds, 3),
+        "resumed_from": result.resumed_from,  # the iteration of the checkpoint this run went on from, or null
         "started_at": done.started_at,
         "finished_at": done.finished_at,
         "outputs": {

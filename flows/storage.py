@@ -364,6 +364,41 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise translated from None
 
 
+def write_stream(uri: str, produce) -> None:
+    """`write_bytes` for data too large to hold twice: `produce(file)` writes it piece by piece. Local: to a
+    hidden temporary name, fsynced and renamed; S3: an upload (multipart when large) that appears whole on
+    completion and is aborted if `produce` fails. A full disk or quota is `StorageFull`."""
+    fs, path = _fs(uri)
+    try:
+        with _named_errors(uri):
+            if is_remote(uri):
+                handle = fs.open(path, "wb")
+                try:
+                    produce(handle)
+                except BaseException:
+                    handle.discard()  # closing would publish what was written so far
+                    handle.closed = True  # nor may the file's finaliser close it
+                    raise
+                handle.close()
+                return
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
+            try:
+                with open(temporary, "wb") as handle:
+                    produce(handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
+    except OSError as exc:
+        translated = _translate(uri, exc)
+        if translated is exc:
+            raise
+        raise translated from None
+
+
 def remove(uri: str) -> None:
     """Delete `uri` if it is there."""
     fs, path = _fs(uri)

@@ -22,7 +22,7 @@ from stylecore.engine import stylize_batch
 from stylecore.errors import StyleError
 from stylecore.planning import planned_iterations
 
-from . import claims, devices, outputs, stopping, storage
+from . import checkpoints, claims, devices, outputs, stopping, storage
 from .batches import BatchPlan
 from .manifest import PairSpec
 from .pairs import (
@@ -152,11 +152,20 @@ def _optimise_group(batch, group: list[PreparedPair], options, device, runner, m
     logger = get_run_logger()
     reporters = [ProgressReporter(m.pair.id, planned_iterations(options, *m.size), logger) for m in group]
     run_options = options if runner != "local" or options.device != "auto" else options.merged({"device": device})
+    resume = [checkpoints.load(m.pair, m.fingerprint, m.size, logger) for m in group]
+    writer = checkpoints.Writer(logger)
     started = utc_now()
-    results = stylize_batch(
-        [m.job() for m in group], run_options, lambda i, record: reporters[i](record),
-        weights=outputs.weights_for(options), memory_limit=memory_limit, max_batch=batch.limit,
-    )
+    try:
+        results = stylize_batch(
+            [m.job() for m in group], run_options, lambda i, record: reporters[i](record),
+            weights=outputs.weights_for(options), memory_limit=memory_limit, max_batch=batch.limit,
+            on_checkpoint=lambda i, state: writer.submit(group[i].pair, group[i].fingerprint, state), resume=resume,
+        )
+    except BaseException:
+        writer.close(flush=True)  # the retry, or the next run, goes on from the newest state
+        raise
+    stopped = any(isinstance(result, stopping.StopRequested) for result in results)
+    writer.close(flush=stopped)  # finished pairs need no pending state; their outputs' write removes the file
     for result in results:  # a stop ends the whole batch (each image recorded it as its own error)
         if isinstance(result, stopping.StopRequested):
             raise result
@@ -169,7 +178,8 @@ def _optimise_group(batch, group: list[PreparedPair], options, device, runner, m
             continue
         worker = this_worker(str(result.plan.device), _ray_node() if runner == "ray" else None)
         together = f" in a batch of {result.batch_size}" if result.batch_size > 1 else ""
-        logger.info("%s: optimised on %s%s in %.1fs", member.pair.id, worker.device, together, result.seconds)
+        resumed = f", resumed from its checkpoint at iteration {result.resumed_from}" if result.resumed_from else ""
+        logger.info("%s: optimised on %s%s in %.1fs%s", member.pair.id, worker.device, together, result.seconds, resumed)
         for note in result.fallbacks:
             logger.warning("%s: %s", member.pair.id, note)
         optimised.append(OptimisedPair(member, result, worker, batch.limit, started, finished))
