@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows import storage
+from flows import checkpoints, devices, storage
 
 from .conftest import ROOT
 from .test_pipeline import put, run_cli, small_png
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 PAIRS = ["tubingen-starry_night", "tubingen-the_scream", "composition_vii-starry_night", "composition_vii-the_scream"]
 
 
-def make_job(folder: Path, weights: Path, output: str = "out", settings: str = "") -> Path:
+def make_job(folder: Path, weights: Path, output: str = "out", settings: str = "", defaults: str = "") -> Path:
     (folder / "c").mkdir(parents=True, exist_ok=True)
     (folder / "s").mkdir(exist_ok=True)
     (folder / "c" / "tubingen.png").write_bytes(small_png("tubingen.jpg"))
@@ -34,7 +35,7 @@ def make_job(folder: Path, weights: Path, output: str = "out", settings: str = "
     (folder / "s" / "the_scream.png").write_bytes(small_png("the_scream.jpg"))
     manifest = folder / "job.yaml"
     manifest.write_text(
-        f"output: {output}\n{settings}defaults: {{model: squeezenet1_1, weights: {weights}, size: 64, iterations: 40}}\n"
+        f"output: {output}\n{settings}defaults: {{model: squeezenet1_1, weights: {weights}, size: 64, iterations: 40{defaults}}}\n"
         "pairs:\n  - {content: 'c/*.png', style: 's/*.png'}\n"
     )
     return manifest
@@ -58,61 +59,122 @@ def assert_nothing_half_written(out: Path) -> None:
             assert meta["status"] == "completed"
 
 
-def killed_then_resumed(tmp_path: Path, weights: Path, kills: int, earliest: float, seed: int, settings: str = "") -> tuple[Path, Path]:
-    """An uninterrupted reference run; then the same job SIGKILLed `kills` times at random points (from
-    `earliest` of the reference's duration) and run to the end. Returns (its output, the reference's)."""
-    reference = make_job(tmp_path / "reference", weights, settings=settings)
+def checkpoint_files(out: str) -> dict[str, str]:
+    """Every pair's checkpoint under `out` (local or S3), each with a token that changes when it is rewritten."""
+    fs = storage.filesystem(out)
+    fs.invalidate_cache()
+    pattern = storage.join(out, "*", checkpoints.CHECKPOINT_NAME).split("://", 1)[-1]
+    return {path: str(info.get("ETag") or info.get("mtime")) for path, info in fs.glob(pattern, detail=True).items()}
+
+
+def free_device_leases() -> None:
+    """A SIGKILLed run's device lease frees itself after devices.LEASE_SECONDS; end it now, as that expiry
+    would, so the next run optimises at once instead of waiting minutes."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for device in devices.detect():
+            try:
+                client.delete_global_concurrency_limit_by_name(devices.limit_name(device))
+            except ObjectNotFound:
+                pass
+
+
+def killed_then_resumed(
+    tmp_path: Path, weights: Path, kills: int, earliest: float, seed: int, settings: str = "", defaults: str = "",
+    at_checkpoints: int = 0, output: str = "out",
+) -> tuple[str, Path, set[str]]:
+    """An uninterrupted reference run; then the same job SIGKILLed `kills` times: the first `at_checkpoints`
+    kills as soon as a checkpoint is written, mid-optimisation, the others at random points (from `earliest`
+    of the reference's duration); then run to the end. Returns (its output, the reference's, the pairs that
+    held a checkpoint when a run was killed: each must have resumed from it)."""
+    reference = make_job(tmp_path / "reference", weights, settings=settings, defaults=defaults)
     began = time.monotonic()
     code, _, err = run_cli("run", str(reference))
     assert code == 0, err[-2000:]
     duration = time.monotonic() - began
 
-    job = make_job(tmp_path / "killed", weights, settings=settings)
-    out = tmp_path / "killed" / "out"
+    job = make_job(tmp_path / "killed", weights, output=output, settings=settings, defaults=defaults)
+    out = output if "://" in output else str(tmp_path / "killed" / output)
     rng = random.Random(seed)
-    for _ in range(kills):
+    resumable: set[str] = set()
+    for kill in range(kills):
+        before = checkpoint_files(out)
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "run", str(job)], cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        time.sleep(rng.uniform(earliest * duration, 1.0 * duration))
+        if kill < at_checkpoints:
+            deadline = time.monotonic() + 300
+            while checkpoint_files(out).items() <= before.items() and process.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint was written"
+                time.sleep(0.02)
+            assert process.poll() is None, "the run ended before it wrote a checkpoint"
+        else:
+            time.sleep(rng.uniform(earliest * duration, 1.0 * duration))
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        if out.exists():
-            for pair_dir in out.iterdir():  # a killed run may leave hidden temporaries, never a partial final file
+        resumable |= {path.split("/")[-2] for path in checkpoint_files(out)}
+        free_device_leases()
+        if "://" not in out and Path(out).exists():
+            for pair_dir in Path(out).iterdir():  # a killed run may leave hidden temporaries, never a partial final file
                 if (pair_dir / "stylized.png").exists():
                     Image.open(pair_dir / "stylized.png").load()
     code, _, err = run_cli("run", str(job))
     assert code == 0, err[-2000:]
-    assert_nothing_half_written(out)
-    return out, tmp_path / "reference" / "out"
+    if "://" not in out:
+        assert_nothing_half_written(Path(out))
+    assert not checkpoint_files(out)  # every pair's meta.json is written: its checkpoint is gone
+    return out, tmp_path / "reference" / "out", resumable
+
+
+def assert_resumed(meta: dict, pair: str, resumable: set[str], iterations: int = 40) -> None:
+    """meta.json says from which iteration the pair went on: a pair killed holding a checkpoint went on from one."""
+    assert "resumed_from" in meta
+    if pair in resumable:
+        assert isinstance(meta["resumed_from"], int) and 0 < meta["resumed_from"] < iterations, (pair, meta["resumed_from"])
 
 
 def test_sigkill_at_ten_random_points_loses_nothing(tmp_path, prefect_api, squeezenet_weights):
     # One pair per batch: byte-identity with an uninterrupted run is the sharpest check that nothing of a
     # killed run leaks into a final file, and a batched pair's bytes depend on its batch-mates by float
-    # rounding (a resumed run batches what is left). The next test kills a batched run.
-    out, reference = killed_then_resumed(tmp_path, squeezenet_weights, kills=10, earliest=0.3, seed=20261127, settings="batch_size: 1\n")
+    # rounding (a resumed run batches what is left). The next test kills a batched run. The first three kills
+    # come as a checkpoint is written: those pairs go on from their checkpoints, to the same bytes.
+    out, reference, resumable = killed_then_resumed(
+        tmp_path, squeezenet_weights, kills=10, earliest=0.3, seed=20261127, settings="batch_size: 1\n",
+        defaults=", checkpoint_every: 5", at_checkpoints=3,
+    )
+    assert resumable
     for pair in PAIRS:
-        done, ref = out / pair, reference / pair
+        done, ref = Path(out) / pair, reference / pair
         assert (done / "stylized.png").read_bytes() == (ref / "stylized.png").read_bytes(), pair
         assert loss_columns(done / "losses.csv") == loss_columns(ref / "losses.csv"), pair
+        assert_resumed(json.loads((done / "meta.json").read_text()), pair, resumable)
 
 
-def test_a_killed_batched_run_resumes_to_the_same_pictures(tmp_path, prefect_api, squeezenet_weights):
-    """Batched (the default for SqueezeNet): a resumed run batches what is left, so pictures match to float
-    rounding, not to the byte."""
+def test_a_killed_batched_run_on_s3_resumes_to_the_same_pictures(tmp_path, s3_bucket, prefect_api, squeezenet_weights):
+    """Batched (the default for SqueezeNet), checkpoints on S3: a resumed run batches what is left, so pictures
+    match to float rounding, not to the byte."""
     import numpy as np
 
-    out, reference = killed_then_resumed(tmp_path, squeezenet_weights, kills=3, earliest=0.5, seed=27)
+    out, reference, resumable = killed_then_resumed(
+        tmp_path, squeezenet_weights, kills=3, earliest=0.5, seed=27, defaults=", checkpoint_every: 5", at_checkpoints=2,
+        output=f"s3://{s3_bucket}/out",
+    )
+    assert resumable
     for pair in PAIRS:
-        done, ref = out / pair, reference / pair
-        meta, ref_meta = (json.loads((d / "meta.json").read_text()) for d in (done, ref))
+        done, ref = storage.join(out, pair), reference / pair
+        meta, ref_meta = json.loads(storage.read_bytes(storage.join(done, "meta.json"))), json.loads((ref / "meta.json").read_text())
         assert meta["fingerprint"] == ref_meta["fingerprint"] and meta["status"] == "completed"
-        image = np.asarray(Image.open(done / "stylized.png"), dtype=float)
+        image = np.asarray(Image.open(io.BytesIO(storage.read_bytes(storage.join(done, "stylized.png")))), dtype=float)
         expected = np.asarray(Image.open(ref / "stylized.png"), dtype=float)
         assert np.abs(image - expected).mean() < 0.02 * 255, pair
         assert meta["final"]["total"] == pytest.approx(ref_meta["final"]["total"], rel=0.02)
+        assert_resumed(meta, pair, resumable)
+    fs = storage.filesystem(out)
+    hidden = [key for key in fs.find(out.split("://", 1)[1]) if key.rsplit("/", 1)[-1].startswith(".")]
+    assert not hidden  # no checkpoint, claim or upload left behind
 
 
 def test_no_secret_reaches_outputs_logs_or_the_dashboard(tmp_path, s3_bucket, prefect_api, squeezenet_weights):
