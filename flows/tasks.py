@@ -172,13 +172,15 @@ def _optimise_group(batch, group: list[PreparedPair], options, device, runner, m
     finished = utc_now()
     finished_reporters += [r for r, result in zip(reporters, results) if not isinstance(result, Exception)]
     optimised = []
-    for member, result in zip(group, results):
+    for member, result, state in zip(group, results, resume):
         if isinstance(result, Exception):
             optimised.append(result if isinstance(result, StyleError) else StyleError(f"{type(result).__name__}: {result}"))
             continue
         worker = this_worker(str(result.plan.device), _ray_node() if runner == "ray" else None)
         together = f" in a batch of {result.batch_size}" if result.batch_size > 1 else ""
         resumed = f", resumed from its checkpoint at iteration {result.resumed_from}" if result.resumed_from else ""
+        if state is not None and not result.resumed_from:
+            logger.info("%s: its checkpoint does not fit this run's plan (another device's memory?): made from the start", member.pair.id)
         logger.info("%s: optimised on %s%s in %.1fs%s", member.pair.id, worker.device, together, result.seconds, resumed)
         for note in result.fallbacks:
             logger.warning("%s: %s", member.pair.id, note)

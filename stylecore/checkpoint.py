@@ -184,7 +184,8 @@ def _image(value: object, shape: tuple[int, ...], name: str) -> Tensor:
 def _scalar(value: object, name: str) -> float | Tensor:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return value
-    return _tensor(value, name, ())
+    dtype = value.dtype if isinstance(value, Tensor) and value.dtype in (torch.float32, torch.float64) else torch.float32
+    return _tensor(value, name, (), dtype)
 
 
 def _snapshots(value: object) -> list[Snapshot]:
