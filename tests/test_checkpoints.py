@@ -221,6 +221,7 @@ def test_the_writer_spends_at_most_its_share_of_the_time_writing(tmp_path, a_sta
     assert len(spans) == 2  # the rest had been replaced by the newest, which was written
 
 
+@pytest.mark.slow  # moto's S3 server
 def test_on_s3_a_checkpoint_appears_whole_or_not_at_all(s3_bucket, a_state):
     pair = PairSpec("p", "c.png", "s.png", StyleOptions(size=48, checkpoint_every=5), f"s3://{s3_bucket}/out/p")
     checkpoints.write(pair, "fp", a_state)
