@@ -15,7 +15,9 @@ Usage: python bench/bench_checkpoint.py [--model vgg16] [--size 512] [--every 20
 from __future__ import annotations
 
 import argparse
+import atexit
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -129,6 +131,8 @@ def main() -> None:
     _, seconds, _ = run(job, options, loaded, None)
     per_iteration = seconds / args.timed_iterations
     folder = args.out or tempfile.mkdtemp(prefix="stylize-bench-checkpoint-")
+    if not args.out:
+        atexit.register(shutil.rmtree, folder, True)  # a full checkpoint is hundreds of MiB
 
     writer = TimedWriter()
     pair = PairSpec("bench", "c", "s", options, folder)
