@@ -177,6 +177,20 @@ def test_a_killed_batched_run_on_s3_resumes_to_the_same_pictures(tmp_path, s3_bu
     assert not hidden  # no checkpoint, claim or upload left behind
 
 
+def test_a_batch_that_fails_mid_optimisation_is_retried_from_its_checkpoint(tmp_path, prefect_api, squeezenet_weights):
+    """The device is lost at the 31st evaluation of the first batch: Prefect retries that batch, which goes on
+    from the checkpoint its first attempt wrote instead of starting again."""
+    job = make_job(tmp_path, squeezenet_weights, settings="batch_size: 1\nretry_delay_seconds: 0\n", defaults=", checkpoint_every: 5")
+    code, _, err = run_cli("run", str(job), faults=[{"op": "evaluate", "after": 30, "times": 1, "error": "device lost (injected)"}])
+    assert code == 0, err[-2000:]
+    metas = {pair: json.loads((tmp_path / "out" / pair / "meta.json").read_text()) for pair in PAIRS}
+    resumed = {pair: meta["resumed_from"] for pair, meta in metas.items() if meta["resumed_from"] is not None}
+    assert len(resumed) == 1 and 5 <= next(iter(resumed.values())) <= 30, resumed
+    (pair,) = resumed
+    assert [row[0] for row in loss_columns(tmp_path / "out" / pair / "losses.csv")][1:] == [str(i) for i in range(1, 41)]
+    assert not checkpoint_files(str(tmp_path / "out"))
+
+
 def test_no_secret_reaches_outputs_logs_or_the_dashboard(tmp_path, s3_bucket, prefect_api, squeezenet_weights):
     import asyncio
 

@@ -3,7 +3,9 @@
 STYLIZE_FAULTS is a JSON list of {"op": "write"|"read"|"oom", "match": substring, "times": n, "error": text}:
 the first n matching storage calls raise ConnectionError(text), as a flaky network would; with "delay": s
 instead of an error they succeed s seconds late, as a slow store would; "oom" makes the first n batch
-optimisations raise torch.cuda.OutOfMemoryError, as a full GPU would.
+optimisations raise torch.cuda.OutOfMemoryError, as a full GPU would; "evaluate" with "after": k lets k batched
+forward+backward passes through, then fails the next one with ConnectionError(text), as a device or node
+lost mid-optimisation would (the batch fails and Prefect retries it).
 """
 
 import json
@@ -46,3 +48,22 @@ if _plan:
             return real_stylize_batch(jobs, *args, **kwargs)
 
         tasks.stylize_batch = out_of_memory
+
+    if any(f["op"] == "evaluate" for f in _plan):
+        from stylecore import lockstep
+
+        real_optimise = lockstep.optimise
+
+        def optimise_then_fail(starts, evaluate, **kwargs):
+            def faulty(batch):
+                for fault in _plan:
+                    if fault["op"] == "evaluate" and fault["times"] != 0:
+                        fault["after"] -= 1
+                        if fault["after"] < 0:
+                            fault["times"] -= 1
+                            raise ConnectionError(fault.get("error", "injected fault"))
+                return evaluate(batch)
+
+            return real_optimise(starts, faulty, **kwargs)
+
+        lockstep.optimise = optimise_then_fail
