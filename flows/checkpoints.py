@@ -4,8 +4,8 @@ Every `checkpoint_every` iterations the engine hands over each image's whole opt
 state (`stylecore.checkpoint.State`); a thread of the process's own writes it beside the
 pair's outputs as `.checkpoint.pt` (hidden, like `.claim.json`: never mistaken for an
 output), so the device never waits on storage. A pair keeps one pending state at most: a
-newer one replaces a state not yet written. Writes are atomic and streamed (`storage.write_stream`): the
-state is never held twice in memory.
+newer one replaces a state not yet written. Writes are atomic and streamed
+(`storage.write_stream`): the state is never held twice in memory.
 
 The file is a header line (JSON: the pair, its fingerprint, the iteration), the state as
 `torch.save` wrote it, and a CRC-32 of those bytes. Before optimising, a pair with a
@@ -28,6 +28,7 @@ import zlib
 import torch
 
 from stylecore.checkpoint import State
+from stylecore.errors import StyleError
 from stylecore.memory import LBFGS_HISTORY
 from stylecore.planning import planned_iterations
 
@@ -110,17 +111,17 @@ def decode(data: bytes) -> State:
         expected = int(data[-_TRAILER:-1], 16) if len(data) >= start + _TRAILER else None
     except ValueError:
         expected = None
-    if expected is None or zlib.crc32(memoryview(data)[start:-_TRAILER]) != expected:
-        raise Damaged("cut short or altered (its checksum does not match)")
     payload = memoryview(data)[start:-_TRAILER]
+    if expected is None or zlib.crc32(payload) != expected:
+        raise Damaged("cut short or altered (its checksum does not match)")
     try:
         record = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
     except Exception as exc:
         raise Damaged(f"unreadable ({type(exc).__name__})") from None
     try:
         return State.from_record(record)
-    except ValueError as exc:
-        raise Damaged(str(exc)) from None
+    except Exception as exc:  # ValueError names what is wrong; anything else is a record of the wrong shape
+        raise Damaged(str(exc) if isinstance(exc, ValueError) else f"not a state ({type(exc).__name__})") from None
 
 
 def size_limit(pair: PairSpec, height: int, width: int) -> int:
@@ -143,6 +144,9 @@ def load(pair: PairSpec, fingerprint: str, size: tuple[int, int], logger=_log) -
         head = storage.read_head(location, HEAD_BYTES)
     except storage.InputMissing:
         return None
+    except StyleError as exc:  # a folder or FIFO by that name, or no permission: nothing to resume from
+        logger.warning("%s: ignored its checkpoint: %s; starting afresh", pair.id, exc)
+        return None
     try:
         found = header(head)
         if found["fingerprint"] != fingerprint:
@@ -150,7 +154,9 @@ def load(pair: PairSpec, fingerprint: str, size: tuple[int, int], logger=_log) -
             _discard(location)
             return None
         state = decode(storage.read_bytes(location, limit=size_limit(pair, *size)))
-    except (Damaged, storage.TooLarge) as exc:
+    except storage.InputMissing:  # removed meanwhile
+        return None
+    except (Damaged, StyleError) as exc:
         logger.warning("%s: ignored its checkpoint, damaged: %s; starting afresh", pair.id, exc)
         _discard(location)
         return None

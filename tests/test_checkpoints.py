@@ -171,6 +171,8 @@ def test_a_checkpoint_file_reads_back_and_refuses_damage(tmp_path, a_state, capl
     storage.write_bytes(checkpoints.uri(pair), bytes(data))
     assert checkpoints.load(pair, "other inputs", (36, 48)) is None
     assert not storage.exists(checkpoints.uri(pair))
+    (tmp_path / "p" / ".checkpoint.pt").mkdir()  # not a file at all: ignored, and the pair goes on
+    assert checkpoints.load(pair, "fp", (36, 48)) is None
 
 
 def test_the_writer_keeps_only_the_newest_pending_state_per_pair(tmp_path, a_state, monkeypatch):
