@@ -62,7 +62,8 @@ bench: setup
 	$(PY) bench/bench_throughput.py
 	$(PY) bench/bench_memory.py --sizes 512 1024 2048
 	$(PY) bench/bench_memory.py --sizes 2048 --memory-limit-gb 4
-	$(PY) bench/bench_orchestration.py --pairs 20000
+	$(PY) bench/bench_checkpoint.py --size 512 --every 20
+	$(PY) bench/bench_orchestration.py --pairs 20000 --handover 0 30
 
 bench-gpu: setup
 	$(PY) bench/bench_gpu.py --size 256 --json bench-gpu-256.json
