@@ -341,27 +341,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write so that `uri` holds either its old content or all of `data`, never a part. A full disk or quota
     is `StorageFull`, one line naming `uri`."""
     fs, path = _fs(uri)
-    try:
-        with _named_errors(uri):
-            if is_remote(uri):
-                fs.pipe_file(path, data)
-                return
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
-            try:
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, target)
-            finally:
-                temporary.unlink(missing_ok=True)
-    except OSError as exc:
-        translated = _translate(uri, exc)
-        if translated is exc:
-            raise
-        raise translated from None
+    with _written(uri):
+        if is_remote(uri):
+            fs.pipe_file(path, data)
+        else:
+            _replace_locally(path, lambda handle: handle.write(data))
 
 
 def write_stream(uri: str, produce) -> None:
@@ -369,34 +353,46 @@ def write_stream(uri: str, produce) -> None:
     hidden temporary name, fsynced and renamed; S3: an upload (multipart when large) that appears whole on
     completion and is aborted if `produce` fails. A full disk or quota is `StorageFull`."""
     fs, path = _fs(uri)
+    with _written(uri):
+        if not is_remote(uri):
+            _replace_locally(path, produce)
+            return
+        handle = fs.open(path, "wb")
+        try:
+            produce(handle)
+        except BaseException:
+            handle.discard()  # closing would publish what was written so far
+            handle.closed = True  # nor may the file's finaliser close it
+            raise
+        handle.close()
+
+
+@contextmanager
+def _written(uri: str) -> Iterator[None]:
+    """A write's errors as one line naming `uri`: missing, forbidden, full."""
     try:
         with _named_errors(uri):
-            if is_remote(uri):
-                handle = fs.open(path, "wb")
-                try:
-                    produce(handle)
-                except BaseException:
-                    handle.discard()  # closing would publish what was written so far
-                    handle.closed = True  # nor may the file's finaliser close it
-                    raise
-                handle.close()
-                return
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
-            try:
-                with open(temporary, "wb") as handle:
-                    produce(handle)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, target)
-            finally:
-                temporary.unlink(missing_ok=True)
+            yield
     except OSError as exc:
         translated = _translate(uri, exc)
         if translated is exc:
             raise
         raise translated from None
+
+
+def _replace_locally(path: str, produce) -> None:
+    """`produce` writes a hidden temporary file beside `path`, fsynced, then renamed over it: never a part."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
+    try:
+        with open(temporary, "wb") as handle:
+            produce(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def remove(uri: str) -> None:
