@@ -25,6 +25,7 @@ from stylecore.errors import StyleError
 from stylecore.options import StyleOptions
 
 from . import storage
+from .timeouts import STALL_SECONDS
 
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: thousands of pairs fit; more is a mistake or an attack
 MAX_YAML_NODES = 200_000  # nodes after expanding aliases (a "billion laughs" expands to far more)
@@ -95,6 +96,11 @@ class ManifestSettings(BaseModel):
     retries: int = Field(2, ge=0, le=20, description="Retries of a pair after a transient failure (storage, network, CUDA OOM).")
     retry_delay_seconds: list[float] = Field(
         default_factory=lambda: [2.0, 10.0, 30.0], description="Backoff between retries; the last value repeats."
+    )
+    stall_seconds: float = Field(
+        STALL_SECONDS, ge=1, le=86400,
+        description="The least time a batch may go without an iteration before it is timed out and retried; "
+        "more where its planned iterations at its measured speed take longer (a third of that).",
     )
     batch_size: int | Literal["auto"] = Field(
         "auto", description="Pairs of one output size optimised together on a device; auto: as many as memory fits (at most 8)."

@@ -65,6 +65,7 @@ class Steps:
     def __init__(self, loaded: LoadedManifest, runner: Dispatch):
         settings = loaded.manifest
         self.retries = settings.retries
+        self.stall_seconds = settings.stall_seconds
         self.runner = runner
         self.busy: list[str] = []  # the device of every batch optimising or queued for its device, one entry each
         self.memory_limit = int(settings.memory_limit_gb * 2**30) if settings.memory_limit_gb else None
@@ -103,6 +104,7 @@ class Steps:
         batch.optimise = self.runner.submit(
             self.optimise, on_device=True, batch=batch.plan, members=[future for _, future in members],
             device=batch.device, runner=self.runner.name, memory_limit=self.memory_limit, retries=self.retries,
+            stall_seconds=self.stall_seconds,
         )
         batch.reads = []
         batch.waiting = {batch.optimise}

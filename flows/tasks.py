@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -21,8 +22,10 @@ from prefect.states import Cancelled, Completed, Failed
 from stylecore.engine import stylize_batch
 from stylecore.errors import StyleError
 from stylecore.planning import planned_iterations
+from stylecore.tracking import IterationRecord
 
 from . import checkpoints, claims, devices, outputs, stopping, storage
+from .timeouts import STALL_SECONDS, BatchTimedOut, Watchdog
 from .batches import BatchPlan
 from .manifest import PairSpec
 from .pairs import (
@@ -39,6 +42,7 @@ from .pairs import (
 from .progress import ProgressReporter, finish_all
 
 BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
+TIMED_OUT = "TimedOut"  # a batch that stopped making progress, after its last retry (Prefect's name for a timeout)
 SKIPPED = "Skipped"  # a pair whose outputs are already there, made from the same inputs, options, weights and code
 
 
@@ -66,7 +70,8 @@ def ended(label: str, retries: int, step: Callable[[], Any]):
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if attempt > retries or stopping.requested():
             logger.error("%s: %s (gave up after %d attempt%s)", label, reason, attempt, "s" * (attempt > 1))
-            return Failed(message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
+            name = TIMED_OUT if isinstance(exc, BatchTimedOut) else "Failed"
+            return Failed(name=name, message=f"{reason} (after {attempt} attempt{'s' * (attempt > 1)})")
         logger.warning("%s: %s (attempt %d of %d, will retry)", label, reason, attempt, retries + 1)
         logger.debug("%s: traceback of attempt %d", label, attempt, exc_info=True)
         raise
@@ -94,7 +99,8 @@ def read_pair(pair: PairSpec, retries: int = 0):
 
 @task(name="optimise-batch", task_run_name="{batch.label}", **TASK_OPTIONS)
 def optimise_batch(
-    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None = None, retries: int = 0
+    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None = None, retries: int = 0,
+    stall_seconds: float = STALL_SECONDS,
 ) -> list[Optimised]:
     """One batch on one device: each member's result, or its own deterministic error."""
 
@@ -102,17 +108,24 @@ def optimise_batch(
         stopping.check()  # a batch that reaches here after a stop ends at once
         reporters: list[ProgressReporter] = []
         with devices.lease(device) if runner == "local" else nullcontext(device):
-            optimised = optimise_members(batch, members, device, runner, memory_limit, reporters)
+            optimised = optimise_members(batch, members, OnDevice(device, runner, memory_limit, stall_seconds), reporters)
         finish_all(reporters)  # after the lease: the next batch need not wait for the dashboard
         return optimised
 
     return ended(batch.label, retries, step)
 
 
-def optimise_members(
-    batch: BatchPlan, members: list[PreparedPair], device: str, runner: str, memory_limit: int | None,
-    reporters: list[ProgressReporter],
-) -> list[Optimised]:
+@dataclass(frozen=True)
+class OnDevice:
+    """Where and how a batch optimises."""
+
+    device: str
+    runner: str
+    memory_limit: int | None
+    stall_seconds: float
+
+
+def optimise_members(batch: BatchPlan, members: list[PreparedPair], where: OnDevice, reporters: list[ProgressReporter]) -> list[Optimised]:
     """Members of one decoded size and options optimise together; a member whose header misled the plan
     optimises in a group of its own, on the same lease. Members another run finished while this batch waited
     for its device (or an earlier attempt of this one wrote), or is making now, are not optimised here; the
@@ -132,7 +145,7 @@ def optimise_members(
         logger.info("%s: decoded sizes differ from the headers: %d groups", batch.label, len(groups))
     for (size, options), indices in groups.items():
         group = [members[i] for i in indices]
-        done.update(zip(indices, _optimise_group(batch, group, options, device, runner, memory_limit, reporters)))
+        done.update(zip(indices, _optimise_group(batch, group, options, where, reporters)))
     return [done[i] for i in range(len(members))]
 
 
@@ -148,44 +161,55 @@ def settled_elsewhere(member: PreparedPair, this_run: str) -> PairOutcome | None
     return PairOutcome(pair.id, "skipped", pair.content, pair.style, note=f"being made by run {claim.run_name} on {claim.host}")
 
 
-def _optimise_group(batch, group: list[PreparedPair], options, device, runner, memory_limit, finished_reporters):
+def _optimise_group(batch, group: list[PreparedPair], options, where: OnDevice, finished_reporters) -> list[Optimised]:
     logger = get_run_logger()
-    reporters = [ProgressReporter(m.pair.id, planned_iterations(options, *m.size), logger) for m in group]
-    run_options = options if runner != "local" or options.device != "auto" else options.merged({"device": device})
+    planned = planned_iterations(options, *group[0].size)
+    reporters = [ProgressReporter(m.pair.id, planned, logger) for m in group]
+    run_options = options if where.runner != "local" or options.device != "auto" else options.merged({"device": where.device})
     resume = [checkpoints.load(m.pair, m.fingerprint, m.size, logger) for m in group]
+    weights = outputs.weights_for(options)  # before the watchdog: a first download makes no iterations
+    watchdog = Watchdog(planned, where.stall_seconds, ", ".join(m.pair.id for m in group))
     writer = checkpoints.Writer(logger)
     started = utc_now()
+
+    def on_iteration(index: int, record: IterationRecord) -> None:
+        watchdog.tick(index, record)
+        reporters[index](record)
+
     try:
-        results = stylize_batch(
-            [m.job() for m in group], run_options, lambda i, record: reporters[i](record),
-            weights=outputs.weights_for(options), memory_limit=memory_limit, max_batch=batch.limit,
-            on_checkpoint=lambda i, state: writer.submit(group[i].pair, group[i].fingerprint, state), resume=resume,
-        )
+        results = watchdog.run(lambda: stylize_batch(
+            [m.job() for m in group], run_options, on_iteration, weights=weights, memory_limit=where.memory_limit,
+            max_batch=batch.limit, on_checkpoint=lambda i, state: writer.submit(group[i].pair, group[i].fingerprint, state),
+            resume=resume,
+        ))
     except BaseException:
         writer.close(flush=True)  # the retry, or the next run, goes on from the newest state
         raise
-    stopped = any(isinstance(result, stopping.StopRequested) for result in results)
-    writer.close(flush=stopped)  # finished pairs need no pending state; their outputs' write removes the file
-    for result in results:  # a stop ends the whole batch (each image recorded it as its own error)
-        if isinstance(result, stopping.StopRequested):
-            raise result
-    finished = utc_now()
+    ended_early = [result for result in results if isinstance(result, (stopping.StopRequested, BatchTimedOut))]
+    writer.close(flush=bool(ended_early))  # finished pairs need no pending state; their outputs' write removes the file
+    if ended_early:  # a stop or a timeout ends the whole batch (each image recorded it as its own error)
+        raise ended_early[0]
     finished_reporters += [r for r, result in zip(reporters, results) if not isinstance(result, Exception)]
-    optimised = []
-    for member, result, state in zip(group, results, resume):
-        if isinstance(result, Exception):
-            optimised.append(result if isinstance(result, StyleError) else StyleError(f"{type(result).__name__}: {result}"))
-            continue
-        worker = this_worker(str(result.plan.device), _ray_node() if runner == "ray" else None)
-        together = f" in a batch of {result.batch_size}" if result.batch_size > 1 else ""
-        resumed = f", resumed from its checkpoint at iteration {result.resumed_from}" if result.resumed_from else ""
-        if state is not None and not result.resumed_from:
-            logger.info("%s: its checkpoint does not fit this run's plan (another device's memory?): made from the start", member.pair.id)
-        logger.info("%s: optimised on %s%s in %.1fs%s", member.pair.id, worker.device, together, result.seconds, resumed)
-        for note in result.fallbacks:
-            logger.warning("%s: %s", member.pair.id, note)
-        optimised.append(OptimisedPair(member, result, worker, batch.limit, started, finished))
-    return optimised
+    span = (started, utc_now())
+    return [
+        _optimised(member, result, state, batch, where.runner, span, logger)
+        for member, result, state in zip(group, results, resume)
+    ]
+
+
+def _optimised(member: PreparedPair, result, checkpoint, batch: BatchPlan, runner: str, span: tuple, logger) -> Optimised:
+    """A member's result as the write step takes it, said in the log."""
+    if isinstance(result, Exception):
+        return result if isinstance(result, StyleError) else StyleError(f"{type(result).__name__}: {result}")
+    worker = this_worker(str(result.plan.device), _ray_node() if runner == "ray" else None)
+    together = f" in a batch of {result.batch_size}" if result.batch_size > 1 else ""
+    resumed = f", resumed from its checkpoint at iteration {result.resumed_from}" if result.resumed_from else ""
+    if checkpoint is not None and not result.resumed_from:
+        logger.info("%s: its checkpoint does not fit this run's plan (another device's memory?): made from the start", member.pair.id)
+    logger.info("%s: optimised on %s%s in %.1fs%s", member.pair.id, worker.device, together, result.seconds, resumed)
+    for note in result.fallbacks:
+        logger.warning("%s: %s", member.pair.id, note)
+    return OptimisedPair(member, result, worker, batch.limit, *span)
 
 
 def _ray_node() -> str | None:

@@ -5,7 +5,9 @@ the first n matching storage calls raise ConnectionError(text), as a flaky netwo
 instead of an error they succeed s seconds late, as a slow store would; "oom" makes the first n batch
 optimisations raise torch.cuda.OutOfMemoryError, as a full GPU would; "evaluate" with "after": k lets k batched
 forward+backward passes through, then fails the next one with ConnectionError(text), as a device or node
-lost mid-optimisation would (the batch fails and Prefect retries it).
+lost mid-optimisation would (the batch fails and Prefect retries it); "hang" with "match": a pair id and
+"after": k blocks that pair's optimisation for good at its iteration k + 1, in a call no exception can
+interrupt, as a GPU that stops answering would ("times": -1 on every attempt).
 """
 
 import json
@@ -67,3 +69,19 @@ if _plan:
             return real_optimise(starts, faulty, **kwargs)
 
         lockstep.optimise = optimise_then_fail
+
+    if any(f["op"] == "hang" for f in _plan):
+        import threading
+
+        from flows.progress import ProgressReporter
+
+        real_report = ProgressReporter.__call__
+
+        def report_or_hang(self, record):
+            for fault in _plan:
+                if fault["op"] == "hang" and fault["match"] == self.pair_id and fault["times"] != 0 and record.iteration > fault["after"]:
+                    fault["times"] -= 1
+                    threading.Event().wait()
+            return real_report(self, record)
+
+        ProgressReporter.__call__ = report_or_hang
