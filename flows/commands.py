@@ -37,7 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict) -> int:
-    from .report import flagged_line
+    from .report import flagged_line, remedy
 
     rows = []
     for p in report["pairs"]:
@@ -51,7 +51,7 @@ def _print_report(report: dict) -> int:
     counts = report["counts"]
     print(f"\n{counts['completed']} completed, {counts['skipped']} skipped, {counts['failed']} failed; report: {report['report']}")
     if flagged := flagged_line(report["pairs"]):
-        print(f"{flagged}; re-run them with a stronger setting, e.g.: stylize retry-failed {report['report']} --flagged --style-strength 2")
+        print(f"{flagged}; re-run them with the setting they need, e.g.: stylize retry-failed {report['report']} --flagged {remedy(report['pairs'])}")
     failed = [p["id"] for p in report["pairs"] if p["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)}; re-run them with: stylize retry-failed {report['report']}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
@@ -86,6 +87,20 @@ def summary_counts(pairs: list[dict]) -> dict[str, int]:
 def flagged(pairs: list[dict]) -> list[dict]:
     """Pairs whose quality figures crossed a threshold (completed now, or skipped with the flags of their last run)."""
     return [p for p in pairs if isinstance(p.get("quality"), dict) and p["quality"].get("flags")]
+
+
+# what to change on a re-run of a pair with each flag (stylize retry-failed REPORT --flagged OPTION)
+REMEDIES = {
+    "weak-style": "--style-strength 2",  # or more --iterations
+    "content-lost": "--style-strength 0.5",  # the content's say doubles against the style's
+    "degenerate": "--lr 0.5",  # half L-BFGS's default step; for adam, below its 0.02
+}
+
+
+def remedy(pairs: list[dict]) -> str:
+    """The retry option for the flag most of the flagged pairs have."""
+    counts = Counter(flag for pair in flagged(pairs) for flag in pair["quality"]["flags"])
+    return REMEDIES[counts.most_common(1)[0][0]]
 
 
 def flagged_line(pairs: list[dict], shown: int = 10) -> str:
@@ -304,9 +319,8 @@ def markdown(report: dict, links: Links = Links()) -> str:
             for p in marked
         ]
         lines += [
-            "", "Re-run them with the setting they need (weak-style: `--style-strength 2` or more `--iterations`; "
-            "content-lost: a larger `--content-weight`; degenerate: a smaller `--lr`), e.g. "
-            f"`stylize retry-failed {report['report']} --flagged --style-strength 2`.", "",
+            "", "Re-run them with the setting they need (" + "; ".join(f"{flag}: `{option}`" for flag, option in REMEDIES.items())
+            + f"), e.g. `stylize retry-failed {report['report']} --flagged {remedy(marked)}`.", "",
         ]
     if report.get("device_seconds"):
         lines += ["## Device seconds", "", "| device | seconds |", "|---|---:|"]

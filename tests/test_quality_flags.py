@@ -95,6 +95,19 @@ def test_flags_come_in_a_fixed_order_and_the_record_reads_back():
 # --- on the real engine -----------------------------------------------------------------------------------
 
 
+def test_the_suggested_retry_option_suits_the_flag_most_flagged_pairs_have():
+    from flows.report import REMEDIES, remedy
+    from stylecore.quality import FLAGS
+
+    def pair(*flags):
+        return {"id": "-".join(flags) or "fine", "quality": {"flags": list(flags)}}
+
+    assert set(REMEDIES) == set(FLAGS)
+    assert remedy([pair("weak-style"), pair()]) == "--style-strength 2"
+    assert remedy([pair("content-lost"), pair("content-lost", "degenerate"), pair("weak-style")]) == "--style-strength 0.5"
+    assert remedy([pair("degenerate"), pair()]) == "--lr 0.5"
+
+
 def test_the_engine_reports_the_content_targets_energy_and_one_iteration_is_weak(squeezenet_weights):
     from stylecore.engine import load_encoder, load_weights
     from stylecore.targets import content_features
@@ -165,7 +178,8 @@ def test_a_weak_pair_is_flagged_and_retry_flagged_reruns_exactly_it_stronger(tmp
     (tmp_path / "job.yaml").write_text(JOB.format(weights=squeezenet_weights))
     code, out, err = run_cli("run", str(tmp_path / "job.yaml"))
     assert code == 0, err
-    assert "1 flagged: weak (weak-style); re-run them with a stronger setting" in out
+    assert "1 flagged: weak (weak-style); re-run them with the setting they need, e.g.: stylize retry-failed" in out
+    assert out.rstrip().endswith("--flagged --style-strength 2")
     out_dir = tmp_path / "out"
     (run_dir,) = (out_dir / "_runs").iterdir()
     report = json.loads((run_dir / "report.json").read_text())
