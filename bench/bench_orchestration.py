@@ -49,6 +49,26 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and every process below it."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in (e for e in Path("/proc").iterdir() if e.name.isdigit()):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    tree, grew = {pid}, True
+    while grew:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return sum(used.get(p, 0.0) for p in tree)
+
+
 def make_job(folder: Path, pairs: int, iterations: int) -> Path:
     """√pairs contents × √pairs styles, crossed by one manifest entry of two globs."""
     contents = math.isqrt(pairs)
@@ -91,8 +111,9 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("the Prefect server did not start")
 
 
-def run_once(manifest: Path, folder: Path, output: str = "out") -> dict:
-    """One flow run in this process, with the flow's RSS sampled against the pairs done."""
+def run_once(manifest: Path, folder: Path, server: int, output: str = "out") -> dict:
+    """One flow run in this process, with the flow's RSS sampled against the pairs done, and the CPU seconds
+    the flow's process and the server's used meanwhile (which of the two is the bottleneck)."""
     from flows import commands, pipeline
 
     samples: list[tuple[int, float]] = []
@@ -106,9 +127,10 @@ def run_once(manifest: Path, folder: Path, output: str = "out") -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    began = time.perf_counter()
+    began, flow_cpu, server_cpu = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server)
     code = commands._run_flow(pipeline.stylize_manifest, "local", "cpu", manifest=str(manifest))
     wall = time.perf_counter() - began
+    flow_cpu, server_cpu = cpu_seconds(os.getpid()) - flow_cpu, cpu_seconds(server) - server_cpu
     stop.set()
     sampler.join()
     (run_dir,) = set(runs.iterdir()) - before
@@ -119,6 +141,7 @@ def run_once(manifest: Path, folder: Path, output: str = "out") -> dict:
     return {
         "pairs": n, "exit": code, "counts": report["counts"], "wall_s": round(wall, 1), "in_flow_s": report["seconds"],
         "device_s": round(device, 1), "per_pair_s": round((report["seconds"] - device) / n, 4),
+        "flow_cpu_s": round(flow_cpu, 1), "server_cpu_s": round(server_cpu, 1),
         "rss_mb": [round(middle[0]) if middle else None, round(max(middle)) if middle else None, round(rss_mb())],
     }
 
@@ -148,18 +171,21 @@ def main() -> None:
             devices.HANDOVER_SECONDS = seconds
             own = manifest.with_name(f"load-h{seconds:g}.yaml")  # a fresh output folder per setting
             own.write_text(manifest.read_text().replace("output: out", f"output: out-h{seconds:g}"))
-            runs.append((f"first, hand-over {seconds:g} s", run_once(own, folder, f"out-h{seconds:g}")))
-        runs.append((f"re-run, hand-over {seconds:g} s", run_once(own, folder, f"out-h{seconds:g}")))
+            runs.append((f"first, hand-over {seconds:g} s", run_once(own, folder, server.pid, f"out-h{seconds:g}")))
+        runs.append((f"re-run, hand-over {seconds:g} s", run_once(own, folder, server.pid, f"out-h{seconds:g}")))
     finally:
         server.terminate()
         server.wait(timeout=60)
     print(f"\n{cpu_name()}, {os.cpu_count()} cores; {args.iterations} iteration(s) at 16 px, SqueezeNet\n")
-    print("| run | pairs | exit | completed | skipped | wall s | in the flow s | device s | orchestration s/pair | flow RSS MB at 20% / peak / end |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "| run | pairs | exit | completed | skipped | wall s | in the flow s | device s | orchestration s/pair "
+        "| CPU s: flow / server | flow RSS MB at 20% / peak / end |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for label, r in runs:
         print(
             f"| {label} | {r['pairs']} | {r['exit']} | {r['counts']['completed']} | {r['counts']['skipped']} | {r['wall_s']} "
-            f"| {r['in_flow_s']} | {r['device_s']} | {r['per_pair_s']:.4f} | {' / '.join(str(x) for x in r['rss_mb'])} |"
+            f"| {r['in_flow_s']} | {r['device_s']} | {r['per_pair_s']:.4f} | {r['flow_cpu_s']} / {r['server_cpu_s']} | {' / '.join(str(x) for x in r['rss_mb'])} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "runs": dict(runs)}, indent=2))
