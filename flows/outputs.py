@@ -28,9 +28,12 @@ def losses_csv(history: list[IterationRecord]) -> bytes:
     return buffer.getvalue().encode()
 
 
+SNAPSHOTS = "snapshots"  # the folder of a pair's snapshots, beside its outputs
+
+
 def snapshot_name(snapshot: Snapshot) -> str:
     """snapshots/iter-0100.png: numbered like the rows of losses.csv, across scales."""
-    return f"snapshots/iter-{snapshot.iteration:04d}.png"
+    return f"{SNAPSHOTS}/iter-{snapshot.iteration:04d}.png"
 
 
 SERIES = (("total", (31, 119, 180), 2), ("content", (255, 127, 14), 1), ("style", (44, 160, 44), 1), ("tv", (214, 39, 40), 1))

@@ -203,6 +203,12 @@ def finished_before(pair: PairSpec, fingerprint: str) -> PairOutcome | None:
     )
 
 
+def remove_leftovers(pair: PairSpec) -> int:
+    """Temporary files a stopped run's writes left in the pair's folder and its snapshots folder: how many."""
+    folders = (pair.output, storage.join(pair.output, outputs.SNAPSHOTS))
+    return sum(storage.remove_temporaries(folder, within=storage.parent(pair.output)) for folder in folders)
+
+
 def decode(read: ReadPair) -> PreparedPair:
     options = read.pair.options
     content = images.load_pixels(read.content, options.size, name=read.pair.content)

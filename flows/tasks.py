@@ -35,6 +35,7 @@ from .pairs import (
     decode,
     finished_before,
     read_and_fingerprint,
+    remove_leftovers,
     this_worker,
     utc_now,
     write_outputs,
@@ -90,7 +91,7 @@ def read_pair(pair: PairSpec, retries: int = 0):
         if done is not None:
             get_run_logger().info("%s: unchanged since its last run, skipped", pair.id)
             return Completed(name=SKIPPED, message="outputs already made from the same inputs", data=done)
-        if storage.remove_temporaries(pair.output, within=storage.parent(pair.output)):
+        if remove_leftovers(pair):
             get_run_logger().info("%s: removed temporary files a stopped run left behind", pair.id)
         return decode(read)
 

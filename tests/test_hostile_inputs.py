@@ -323,6 +323,24 @@ def test_remove_temporaries_removes_only_its_own(tmp_path):
     assert outside.read_bytes() == b"keep me" and link.is_symlink() and folder_named_ours.is_dir()
 
 
+def test_a_pairs_leftovers_are_removed_from_its_folder_and_its_snapshots_folder(tmp_path):
+    from flows.manifest import load
+    from flows.pairs import remove_leftovers
+
+    (tmp_path / "c.png").write_bytes(b"")
+    (tmp_path / "s.png").write_bytes(b"")
+    (tmp_path / "job.yaml").write_text("output: out\npairs:\n  - {id: p, content: c.png, style: s.png}\n")
+    (pair,) = load(str(tmp_path / "job.yaml")).pairs
+    snapshots = tmp_path / "out" / "p" / "snapshots"
+    snapshots.mkdir(parents=True)
+    left = [snapshots.parent / f".losses.csv.{uuid.uuid4().hex}.tmp", snapshots / f".iter-0010.png.{uuid.uuid4().hex}.tmp"]
+    for path in left:
+        path.write_bytes(b"half")
+    (snapshots / "iter-0005.png").write_bytes(b"done")
+    assert remove_leftovers(pair) == 2
+    assert not any(path.exists() for path in left) and (snapshots / "iter-0005.png").exists()
+
+
 def test_remove_temporaries_does_not_follow_a_symlink_out_of_the_output(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
