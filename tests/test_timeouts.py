@@ -107,7 +107,7 @@ def test_the_work_runs_in_the_callers_context_and_its_errors_reach_the_caller():
 def test_a_hung_pair_is_timed_out_and_retried_while_the_others_finish(tmp_path, prefect_api, squeezenet_weights, monkeypatch):
     """On a real Prefect server: one pair hangs once at iteration 13 and goes on from its checkpoint on the retry;
     another hangs on every attempt and ends TimedOut; the other two are made once each, untouched."""
-    settings = "batch_size: 1\nretries: 1\nretry_delay_seconds: 0\nstall_seconds: 3\n"
+    settings = "batch_size: 1\nretries: 1\nretry_delay_seconds: 0\nstall_seconds: 8\n"  # 40× a first iteration here
     job = make_job(tmp_path, squeezenet_weights, settings=settings, defaults=", checkpoint_every: 5")
     hangs_once, hangs_always = PAIRS[1], PAIRS[3]
     faults = [
