@@ -24,8 +24,7 @@ from stylecore.errors import StyleError
 from stylecore.planning import planned_iterations
 from stylecore.tracking import IterationRecord
 
-from . import checkpoints, claims, devices, outputs, stopping, storage
-from .timeouts import STALL_SECONDS, BatchTimedOut, Watchdog
+from . import checkpoints, claims, devices, outputs, stopping
 from .batches import BatchPlan
 from .manifest import PairSpec
 from .pairs import (
@@ -41,6 +40,7 @@ from .pairs import (
     write_outputs,
 )
 from .progress import ProgressReporter, finish_all
+from .timeouts import STALL_SECONDS, BatchTimedOut, Watchdog
 
 BAD_INPUT = "Bad input"  # the state name of a deterministic failure: never retried
 TIMED_OUT = "TimedOut"  # a batch that stopped making progress, after its last retry (Prefect's name for a timeout)
@@ -174,7 +174,7 @@ def _optimise_group(batch, group: list[PreparedPair], options, where: OnDevice, 
     started = utc_now()
 
     def on_iteration(index: int, record: IterationRecord) -> None:
-        watchdog.tick(index, record)
+        watchdog.tick(index)
         reporters[index](record)
 
     try:

@@ -20,10 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    from stylecore.tracking import IterationRecord
+from typing import TypeVar
 
 T = TypeVar("T")
 STALL_SECONDS = 300.0  # the default least time without an iteration before a batch is timed out
@@ -47,7 +44,7 @@ class Watchdog:
         self.done: Counter[int] = Counter()  # evaluations per image: the batch's iterations are its most advanced image's
         self.timed_out: BatchTimedOut | None = None
 
-    def tick(self, index: int, record: IterationRecord) -> None:
+    def tick(self, index: int) -> None:
         if self.timed_out is not None:  # given up on meanwhile: this thread's work is no longer wanted
             raise self.timed_out
         self.done[index] += 1

@@ -9,7 +9,6 @@ import time
 import pytest
 
 from flows.timeouts import BatchTimedOut, Watchdog
-from stylecore.tracking import IterationRecord
 
 from .test_faults import PAIRS, loss_columns, make_job
 from .test_pipeline import _flow_run_filter, run_cli
@@ -24,14 +23,10 @@ def batch_states(flow_run_id: str) -> list[str]:
     return [t.state.name for t in task_runs if t.name.startswith("batch ")]
 
 
-def record(iteration: int) -> IterationRecord:
-    return IterationRecord(iteration, 1.0, 1.0, 1.0, 3.0, 0.0)
-
-
 def iterate(watchdog: Watchdog, iterations: int, seconds: float, index: int = 0) -> int:
     for i in range(1, iterations + 1):
         time.sleep(seconds)
-        watchdog.tick(index, record(i))
+        watchdog.tick(index)
     return iterations
 
 
@@ -47,7 +42,7 @@ def test_a_hung_batch_is_timed_out_and_its_thread_given_up():
     def hang_after_three():
         iterate(watchdog, 3, 0.01)
         release.wait()  # blocks in C: nothing from outside the thread can interrupt it
-        watchdog.tick(0, record(4))
+        watchdog.tick(0)
         return "went on"
 
     began = time.monotonic()
