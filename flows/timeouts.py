@@ -50,12 +50,15 @@ class Watchdog:
         self.done[index] += 1
         self.last = time.monotonic()
 
+    @property
+    def iterations(self) -> int:
+        return max(self.done.values(), default=0)
+
     def limit(self) -> float:
         """The longest time without an iteration that is not yet a stall."""
-        iterations = max(self.done.values(), default=0)
-        if not iterations:
+        if not self.iterations:
             return self.floor
-        seconds_per_iteration = (self.last - self.started) / iterations
+        seconds_per_iteration = (self.last - self.started) / self.iterations
         return max(self.floor, STALL_SHARE * self.planned * seconds_per_iteration)
 
     def stalled_for(self) -> float | None:
@@ -77,9 +80,8 @@ class Watchdog:
                 quiet = self.stalled_for()
                 if quiet is not None:
                     break
-        iterations = max(self.done.values(), default=0)
         self.timed_out = BatchTimedOut(
-            f"{self.pairs}: no progress for {quiet:.0f} s after {iterations} of {self.planned} iterations (limit {self.limit():.0f} s)"
+            f"{self.pairs}: no progress for {quiet:.0f} s after {self.iterations} of {self.planned} iterations (limit {self.limit():.0f} s)"
         )
         try:
             return future.result(timeout=GRACE_SECONDS)  # a slow iteration that finishes now raises it, or ends the batch
