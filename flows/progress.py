@@ -2,9 +2,11 @@
 
 Each progress-artifact call is an API round trip (about 10 ms); made inline, a batch of
 small pairs would spend more time reporting than optimising. Calls go to one background
-thread per process instead, which creates each pair's artifact and then sends only the
-newest value per artifact. A batch waits once, at its end, until its members' final
-100% has been sent, so the dashboard never shows a finished pair as unfinished.
+thread per process instead, which sends only the newest value per artifact, and nothing
+when that value is already on the dashboard: a pair that finishes before its turn comes
+costs one call (its artifact, created at 100%) instead of one per update. A batch waits
+once, at its end, until its members' final 100% has been sent, so the dashboard never
+shows a finished pair as unfinished.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class _Artifact:
     description: str
     context: contextvars.Context  # the task run's settings and client, for the sender thread
     id: object = None
-    latest: float | None = None
+    latest: float = 0.0
+    shown: float | None = None  # the value the dashboard has
 
 
 class _Sender:
@@ -72,11 +75,14 @@ class _Sender:
 
     @staticmethod
     def _send(artifact: _Artifact) -> None:
-        value = artifact.latest or 0.0
+        value = artifact.latest
+        if value == artifact.shown:
+            return
         if artifact.id is None:
             artifact.id = artifact.context.run(create_progress_artifact, value, key=artifact.key, description=artifact.description)
         else:
             artifact.context.run(update_progress_artifact, artifact.id, value)
+        artifact.shown = value
 
 
 _sender: _Sender | None = None
