@@ -9,6 +9,12 @@ own process (`prefect server start` on 127.0.0.1, SQLite), as an operator's woul
 With `--handover S1 S2 …` the first run is made once per device-lease hand-over time (see
 `flows/devices.py`; 0 asks the server for every batch), side by side in one process on one server.
 
+First of all it times Prefect's own floor on the same server: a flow of the same shape (a task per pair, one per
+batch of 8 taking those futures, then a task per pair taking the batch's future) whose tasks do nothing. What the
+first run costs above that row is the project's own work; the floor is what Prefect costs to show each pair.
+The server records a run's task states from their events behind the flow: after each run the bench waits
+until it is idle again ("server behind s") and counts its CPU until then, so every run starts on an idle server.
+
 Usage: python bench/bench_orchestration.py [--pairs 20000] [--iterations 1] [--handover 30] [--json FILE]
 """
 
@@ -111,9 +117,65 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("the Prefect server did not start")
 
 
+FLOOR_BATCH = 8
+
+
+def prefect_floor(pairs: int, server: int) -> dict:
+    """The read → optimise → write shape with tasks that do nothing, through the same server."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.futures import wait
+
+    options = dict(cache_policy=NO_CACHE, persist_result=False)
+
+    @task(name="read-nothing", **options)
+    def read(index: int) -> int:
+        return index
+
+    @task(name="optimise-nothing", **options)
+    def optimise(members: list[int]) -> list[int]:
+        return members
+
+    @task(name="write-nothing", **options)
+    def write(results: list[int], index: int) -> int:
+        return results[index]
+
+    @flow(name="prefect-floor", persist_result=False)
+    def floor() -> None:
+        reads = [read.submit(i) for i in range(pairs)]
+        writes = []
+        for start in range(0, pairs, FLOOR_BATCH):
+            members = reads[start : start + FLOOR_BATCH]
+            batch = optimise.submit(members)
+            writes += [write.submit(batch, i) for i in range(len(members))]
+        wait(writes)
+
+    began, flow_cpu, server_cpu = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server)
+    floor()
+    wall = time.perf_counter() - began
+    flow_cpu, behind = cpu_seconds(os.getpid()) - flow_cpu, settle(server)
+    return {
+        "pairs": pairs, "wall_s": round(wall, 1), "per_pair_s": round(wall / pairs, 4), "flow_cpu_s": round(flow_cpu, 1),
+        "server_cpu_s": round(cpu_seconds(server) - server_cpu, 1), "server_behind_s": behind,
+    }
+
+
+def settle(server: int, idle_cpu: float = 0.1, longest: float = 600) -> float:
+    """Wait until the server has worked off what the last run sent it (its event pipeline runs behind the
+    flow): under `idle_cpu` CPU seconds in a second. Each run then starts on an idle server. The seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < longest:
+        before = cpu_seconds(server)
+        time.sleep(1.0)
+        if cpu_seconds(server) - before < idle_cpu:
+            break
+    return round(time.perf_counter() - began, 1)
+
+
 def run_once(manifest: Path, folder: Path, server: int, output: str = "out") -> dict:
     """One flow run in this process, with the flow's RSS sampled against the pairs done, and the CPU seconds
-    the flow's process and the server's used meanwhile (which of the two is the bottleneck)."""
+    the flow's process and the server's used for it (which of the two is the bottleneck), the server's
+    counted until it has caught up."""
     from flows import commands, pipeline
 
     samples: list[tuple[int, float]] = []
@@ -130,7 +192,8 @@ def run_once(manifest: Path, folder: Path, server: int, output: str = "out") -> 
     began, flow_cpu, server_cpu = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server)
     code = commands._run_flow(pipeline.stylize_manifest, "local", "cpu", manifest=str(manifest))
     wall = time.perf_counter() - began
-    flow_cpu, server_cpu = cpu_seconds(os.getpid()) - flow_cpu, cpu_seconds(server) - server_cpu
+    flow_cpu, behind = cpu_seconds(os.getpid()) - flow_cpu, settle(server)
+    server_cpu = cpu_seconds(server) - server_cpu
     stop.set()
     sampler.join()
     (run_dir,) = set(runs.iterdir()) - before
@@ -141,7 +204,7 @@ def run_once(manifest: Path, folder: Path, server: int, output: str = "out") -> 
     return {
         "pairs": n, "exit": code, "counts": report["counts"], "wall_s": round(wall, 1), "in_flow_s": report["seconds"],
         "device_s": round(device, 1), "per_pair_s": round((report["seconds"] - device) / n, 4),
-        "flow_cpu_s": round(flow_cpu, 1), "server_cpu_s": round(server_cpu, 1),
+        "flow_cpu_s": round(flow_cpu, 1), "server_cpu_s": round(server_cpu, 1), "server_behind_s": behind,
         "rss_mb": [round(middle[0]) if middle else None, round(max(middle)) if middle else None, round(rss_mb())],
     }
 
@@ -167,6 +230,8 @@ def main() -> None:
     runs: list[tuple[str, dict]] = []
     try:
         manifest = make_job(folder, args.pairs, args.iterations)
+        settle(server.pid)
+        floor = prefect_floor(args.pairs, server.pid)
         for seconds in args.handover:
             devices.HANDOVER_SECONDS = seconds
             own = manifest.with_name(f"load-h{seconds:g}.yaml")  # a fresh output folder per setting
@@ -179,16 +244,20 @@ def main() -> None:
     print(f"\n{cpu_name()}, {os.cpu_count()} cores; {args.iterations} iteration(s) at 16 px, SqueezeNet\n")
     print(
         "| run | pairs | exit | completed | skipped | wall s | in the flow s | device s | orchestration s/pair "
-        "| CPU s: flow / server | flow RSS MB at 20% / peak / end |"
+        "| CPU s: flow / server | server behind s | flow RSS MB at 20% / peak / end |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    print(
+        f"| Prefect's floor (tasks that do nothing) | {floor['pairs']} | | | | {floor['wall_s']} | | | {floor['per_pair_s']:.4f} "
+        f"| {floor['flow_cpu_s']} / {floor['server_cpu_s']} | {floor['server_behind_s']} | |"
+    )
     for label, r in runs:
         print(
             f"| {label} | {r['pairs']} | {r['exit']} | {r['counts']['completed']} | {r['counts']['skipped']} | {r['wall_s']} "
-            f"| {r['in_flow_s']} | {r['device_s']} | {r['per_pair_s']:.4f} | {r['flow_cpu_s']} / {r['server_cpu_s']} | {' / '.join(str(x) for x in r['rss_mb'])} |"
+            f"| {r['in_flow_s']} | {r['device_s']} | {r['per_pair_s']:.4f} | {r['flow_cpu_s']} / {r['server_cpu_s']} | {r['server_behind_s']} | {' / '.join(str(x) for x in r['rss_mb'])} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "runs": dict(runs)}, indent=2))
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "floor": floor, "runs": dict(runs)}, indent=2))
 
 
 if __name__ == "__main__":
