@@ -1,12 +1,13 @@
 """Progress on the dashboard without stalling the optimisation.
 
-Each progress-artifact call is an API round trip (about 10 ms); made inline, a batch of
-small pairs would spend more time reporting than optimising. Calls go to one background
-thread per process instead, which sends only the newest value per artifact, and nothing
-when that value is already on the dashboard: a pair that finishes before its turn comes
-costs one call (its artifact, created at 100%) instead of one per update. A batch waits
-once, at its end, until its members' final 100% has been sent, so the dashboard never
-shows a finished pair as unfinished.
+Each progress-artifact call is an API round trip, and the server records each one as events
+too: about a third of a small pair's orchestration. So a pair's artifact is created with its
+first iteration (a pair that never starts has its task run's state instead), then updated
+every 10%. The calls go to one background thread per process, which sends only the newest
+value per artifact, and nothing when that value is already on the dashboard: a pair that
+finishes before its turn comes costs one call, its artifact created at 100%. A batch waits
+once, at its end, until its members' final 100% has been sent, so the dashboard never shows
+a finished pair as unfinished.
 """
 
 from __future__ import annotations
@@ -98,20 +99,25 @@ def _get_sender() -> _Sender:
 
 
 class ProgressReporter:
-    """The engine's per-iteration callback for one pair: a progress artifact and a log line every 10%."""
+    """The engine's per-iteration callback for one pair: its progress artifact from its first iteration on, and
+    an update and a log line every 10%."""
 
     def __init__(self, pair_id: str, iterations: int, logger):
         self.pair_id, self.logger, self.total = pair_id, logger, iterations
         self.every = max(1, iterations // PROGRESS_STEPS)
         self.artifact = _Artifact(artifact_key("progress", pair_id), f"Stylising {pair_id}", contextvars.copy_context())
-        _get_sender().send(self.artifact)
+        self.started = False
 
     def __call__(self, record: IterationRecord) -> None:
         stopping.check()  # a run asked to stop ends the optimisation here, within an iteration
-        if record.iteration % self.every and record.iteration != self.total:
+        on_step = record.iteration % self.every == 0 or record.iteration == self.total
+        if self.started and not on_step:
             return
+        self.started = True
         self.artifact.latest = 100.0 * record.iteration / self.total
         _get_sender().send(self.artifact)
+        if not on_step:
+            return
         self.logger.info(
             "%s: %d/%d iterations, content %.4g, style %.4g, tv %.4g, total %.4g (%.1f s)",
             self.pair_id, record.iteration, self.total, record.content, record.style, record.tv, record.total, record.seconds,

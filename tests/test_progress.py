@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -51,6 +52,7 @@ LOG = logging.getLogger("test-progress")
 def test_a_pair_that_finishes_before_the_sender_gets_to_it_costs_one_call(artifacts):
     artifacts.gate.clear()
     other = progress.ProgressReporter("other", 10, LOG)
+    other(record(1))
     assert artifacts.entered.wait(10)  # the sender is busy with `other`'s artifact meanwhile
     reporter = progress.ProgressReporter("a", 3, LOG)
     for i in (1, 2, 3):
@@ -60,11 +62,15 @@ def test_a_pair_that_finishes_before_the_sender_gets_to_it_costs_one_call(artifa
     assert [c for c in artifacts.calls if c[1] == "progress-a"] == [("create", "progress-a", 100.0)]
 
 
-def test_each_new_value_is_sent_once_and_a_repeated_one_not_at_all(artifacts):
+def test_the_artifact_comes_with_the_first_iteration_and_each_new_value_is_sent_once(artifacts):
     reporter = progress.ProgressReporter("b", 20, LOG)
-    assert artifacts.entered.wait(10)  # created at 0
-    reporter.finish().wait(10)  # then 100
-    reporter.finish().wait(10)  # the dashboard has 100 already
-    reporter(record(20))  # the last iteration reports 100 again
+    time.sleep(0.2)
+    assert artifacts.calls == []  # nothing on the dashboard before the pair optimises
+    reporter(record(1))
+    assert artifacts.entered.wait(10)  # created at 5%
+    reporter(record(3))  # between two 10% steps: not sent
+    reporter.finish().wait(10)  # 100%
+    reporter.finish().wait(10)  # the dashboard has 100% already
+    reporter(record(20))  # the last iteration reports 100% again
     reporter.finish().wait(10)
-    assert artifacts.calls == [("create", "progress-b", 0.0), ("update", "id-progress-b", 100.0)]
+    assert artifacts.calls == [("create", "progress-b", 5.0), ("update", "id-progress-b", 100.0)]
