@@ -1,7 +1,7 @@
 """Progress on the dashboard without stalling the optimisation.
 
 Each progress-artifact call is an API round trip, and the server records each one as events
-too: about a third of a small pair's orchestration. So a pair's artifact is created with its
+too: over a third of a small pair's orchestration. So a pair's artifact is created with its
 first iteration (a pair that never starts has its task run's state instead), then updated
 every 10%. The calls go to one background thread per process, which sends only the newest
 value per artifact, and nothing when that value is already on the dashboard: a pair that
