@@ -209,6 +209,13 @@ def remove_leftovers(pair: PairSpec) -> int:
     return sum(storage.remove_temporaries(folder, within=storage.parent(pair.output)) for folder in folders)
 
 
+def tidy_finished(pair: PairSpec) -> None:
+    """A finished pair's claim and checkpoint removed: right after its meta.json, and again by each run that skips
+    it, for a run killed in between left them (two deletes a skipped pair, nothing to list)."""
+    claims.release(pair)
+    checkpoints.remove(pair)
+
+
 def decode(read: ReadPair) -> PreparedPair:
     options = read.pair.options
     content = images.load_pixels(read.content, options.size, name=read.pair.content)
@@ -234,8 +241,7 @@ def write_outputs(done: OptimisedPair, runner: str) -> PairOutcome:
     for snapshot in result.snapshots:
         storage.write_bytes(pair.uri(outputs.snapshot_name(snapshot)), images.encode_png(snapshot.pixels))
     storage.write_bytes(uris["meta"], (json.dumps(meta_record(done, runner, quality), indent=2) + "\n").encode())
-    claims.release(pair)
-    checkpoints.remove(pair)  # the pair is done: nothing to resume
+    tidy_finished(pair)
     return PairOutcome(
         pair.id, "completed", pair.content, pair.style, outputs=uris, final=final_losses(result), quality=quality,
         iterations=len(result.history), seconds=round(result.seconds, 3), device=done.worker.device, batch=result.batch_size,

@@ -36,6 +36,7 @@ from .pairs import (
     read_and_fingerprint,
     remove_leftovers,
     this_worker,
+    tidy_finished,
     utc_now,
     write_outputs,
 )
@@ -89,6 +90,7 @@ def read_pair(pair: PairSpec, retries: int = 0):
         read = read_and_fingerprint(pair)
         done = finished_before(pair, read.fingerprint)
         if done is not None:
+            _tidy_skipped(pair)
             get_run_logger().info("%s: unchanged since its last run, skipped", pair.id)
             return Completed(name=SKIPPED, message="outputs already made from the same inputs", data=done)
         if remove_leftovers(pair):
@@ -96,6 +98,13 @@ def read_pair(pair: PairSpec, retries: int = 0):
         return decode(read)
 
     return ended(pair.id, retries, step)
+
+
+def _tidy_skipped(pair: PairSpec) -> None:
+    try:
+        tidy_finished(pair)
+    except Exception as exc:  # leftovers are harmless beside a finished pair: never a reason to fail it
+        get_run_logger().warning("%s: could not remove a leftover claim or checkpoint: %s", pair.id, exc)
 
 
 @task(name="optimise-batch", task_run_name="{batch.label}", **TASK_OPTIONS)
