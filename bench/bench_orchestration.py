@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -151,15 +152,31 @@ def prefect_floor(pairs: int, server: int) -> dict:
             writes += [write.submit(batch, i) for i in range(len(members))]
         wait(writes)
 
-    began, flow_cpu, server_cpu = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server)
-    floor()
-    wall = time.perf_counter() - began
-    flow_cpu, behind = cpu_seconds(os.getpid()) - flow_cpu, settle(server)
+    _, cost = measured(floor, server)
     return {
-        "pairs": pairs, "wall_s": round(wall, 1), "per_pair_s": round(wall / pairs, 4),
-        "caught_up_per_pair_s": round((wall + behind) / pairs, 4), "flow_cpu_s": round(flow_cpu, 1),
-        "server_cpu_s": round(cpu_seconds(server) - server_cpu, 1), "server_behind_s": behind,
+        "pairs": pairs, "wall_s": round(cost.wall, 1), "per_pair_s": round(cost.wall / pairs, 4),
+        "caught_up_per_pair_s": round((cost.wall + cost.behind) / pairs, 4), **cost.cpu_record(),
     }
+
+
+@dataclass
+class Cost:
+    wall: float  # seconds until `run` returned
+    flow_cpu: float  # CPU seconds of this process meanwhile
+    behind: float  # seconds the server went on working after that
+    server_cpu: float  # CPU seconds of the server's process tree, until it was idle again
+
+    def cpu_record(self) -> dict:
+        return {"flow_cpu_s": round(self.flow_cpu, 1), "server_cpu_s": round(self.server_cpu, 1), "server_behind_s": self.behind}
+
+
+def measured(run, server: int):
+    """`run()`'s value and its cost: its time, the CPU this process used, and the server's until it has caught up."""
+    began, flow_cpu, server_cpu = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server)
+    value = run()
+    wall, flow_cpu = time.perf_counter() - began, cpu_seconds(os.getpid()) - flow_cpu
+    behind = settle(server)
+    return value, Cost(wall, flow_cpu, behind, cpu_seconds(server) - server_cpu)
 
 
 def settle(server: int, idle_cpu: float = 0.1, longest: float = 600) -> float:
@@ -191,23 +208,19 @@ def run_once(manifest: Path, folder: Path, server: int, output: str = "out") -> 
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    began, flow_cpu, server_cpu = time.perf_counter(), cpu_seconds(os.getpid()), cpu_seconds(server)
-    code = commands._run_flow(pipeline.stylize_manifest, "local", "cpu", manifest=str(manifest))
-    wall = time.perf_counter() - began
-    flow_cpu, behind = cpu_seconds(os.getpid()) - flow_cpu, settle(server)
-    server_cpu = cpu_seconds(server) - server_cpu
+    began = time.perf_counter()
+    code, cost = measured(lambda: commands._run_flow(pipeline.stylize_manifest, "local", "cpu", manifest=str(manifest)), server)
     stop.set()
     sampler.join()
     (run_dir,) = set(runs.iterdir()) - before
     report = json.loads((run_dir / "report.json").read_text())
     device = sum(report["device_seconds"].values())
     n = len(report["pairs"])
-    middle = [rss for t, rss in samples if began + 0.2 * wall <= t <= began + 0.9 * wall]
+    middle = [rss for t, rss in samples if began + 0.2 * cost.wall <= t <= began + 0.9 * cost.wall]
     return {
-        "pairs": n, "exit": code, "counts": report["counts"], "wall_s": round(wall, 1), "in_flow_s": report["seconds"],
+        "pairs": n, "exit": code, "counts": report["counts"], "wall_s": round(cost.wall, 1), "in_flow_s": report["seconds"],
         "device_s": round(device, 1), "per_pair_s": round((report["seconds"] - device) / n, 4),
-        "caught_up_per_pair_s": round((report["seconds"] + behind - device) / n, 4),
-        "flow_cpu_s": round(flow_cpu, 1), "server_cpu_s": round(server_cpu, 1), "server_behind_s": behind,
+        "caught_up_per_pair_s": round((report["seconds"] + cost.behind - device) / n, 4), **cost.cpu_record(),
         "rss_mb": [round(middle[0]) if middle else None, round(max(middle)) if middle else None, round(rss_mb())],
     }
 
